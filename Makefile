@@ -1,0 +1,35 @@
+# Every target sets the project up first (`install`), so each works from a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install test lint docs demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check deel_lip tests benchmarks scripts
+	$(BIN)/ruff format --check deel_lip tests benchmarks scripts
+
+docs: install
+	$(BIN)/mkdocs build --strict --quiet
+
+test: lint docs
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/python scripts/demo.py
+
+bench: install
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) site build *.egg-info demo_output
