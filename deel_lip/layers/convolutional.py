@@ -1,0 +1,499 @@
+"""Convolutions: explicit padding modes and Lipschitz-constrained kernels.
+
+The operator norm of a convolution is at most ``||K||_2 * factor``, with ``K`` the
+reshaped ``(kh * kw * c_in, c_out)`` kernel and ``factor`` the square root of the largest
+number of (window, tap) pairs reading one input pixel, taken over every input size
+(`deel_lip.normalizers.conv_lipschitz_factor`). Constrained convolutions divide their
+normalised kernel by that factor, so the bound holds for every input the layer accepts.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from deel_lip.layers.normalized import FrobeniusKernel, SpectralKernel
+from deel_lip.normalizers import (
+    DEFAULT_BETA_BJORCK,
+    DEFAULT_EPS_BJORCK,
+    DEFAULT_EPS_SPECTRAL,
+    DEFAULT_MAXITER_BJORCK,
+    DEFAULT_MAXITER_SPECTRAL,
+    conv_lipschitz_factor,
+    conv_transpose_lipschitz_factor,
+)
+
+__all__ = [
+    "PadConv2D",
+    "SpectralConv2D",
+    "FrobeniusConv2D",
+    "SpectralConv1D",
+    "SpectralConv2DTranspose",
+]
+
+KERAS_PADDINGS = ("same", "valid")
+EXTRA_PADDINGS = ("constant", "reflect", "symmetric", "circular")
+PAD_CONV_PADDINGS = KERAS_PADDINGS + EXTRA_PADDINGS
+
+
+def _check_unit_dilation_and_groups(layer) -> None:
+    if any(d != 1 for d in layer.dilation_rate):
+        raise ValueError(
+            f"{type(layer).__name__} supports dilation_rate=1 only, "
+            f"received: dilation_rate={layer.dilation_rate}"
+        )
+    if getattr(layer, "groups", 1) != 1:
+        raise ValueError(
+            f"{type(layer).__name__} supports groups=1 only, received: groups={layer.groups}"
+        )
+
+
+def _pad_amounts(kernel_size) -> list[tuple[int, int]]:
+    """Explicit padding that keeps the spatial size at stride 1 (like "same")."""
+    return [((k - 1) // 2, k // 2) for k in kernel_size]
+
+
+def _circular_pad(x, pads, spatial_axes):
+    for axis, (before, after) in zip(spatial_axes, pads):
+        size = x.shape[axis]
+        if size is not None and (before > size or after > size):
+            raise ValueError(
+                f"circular padding needs inputs at least as large as the padding "
+                f"({before}, {after}) on axis {axis}, received size {size}"
+            )
+        parts = []
+        if before:
+            parts.append(ops.take(x, ops.arange(-before, 0) % ops.shape(x)[axis], axis=axis))
+        parts.append(x)
+        if after:
+            parts.append(ops.take(x, ops.arange(0, after), axis=axis))
+        x = ops.concatenate(parts, axis=axis)
+    return x
+
+
+def apply_padding(x, padding: str, kernel_size, data_format: str):
+    """Pad ``x`` for a "valid" convolution in one of the `EXTRA_PADDINGS` modes."""
+    pads = _pad_amounts(kernel_size)
+    rank = len(kernel_size)
+    spatial_axes = list(range(1, rank + 1)) if data_format == "channels_last" else list(
+        range(2, rank + 2)
+    )
+    if padding == "circular":
+        return _circular_pad(x, pads, spatial_axes)
+    full = [(0, 0)] * (rank + 2)
+    for axis, pad in zip(spatial_axes, pads):
+        full[axis] = pad
+    mode = {"constant": "constant", "reflect": "reflect", "symmetric": "symmetric"}[padding]
+    return ops.pad(x, full, mode=mode)
+
+
+@keras.saving.register_keras_serializable("deel_lip")
+class PadConv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` with the padding modes "constant", "reflect", "symmetric"
+    and "circular" on top of Keras' "same" and "valid".
+
+    Extra modes pad by ``((k - 1) // 2, k // 2)`` on each spatial axis and then apply a
+    "valid" convolution, so at stride 1 the output has the input's spatial size.
+
+    Args:
+        padding: "same", "valid", "constant", "reflect", "symmetric" or "circular".
+        other arguments: as in `keras.layers.Conv2D` (``dilation_rate`` and ``groups``
+            must be 1 with the extra modes).
+    """
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="same", **kwargs):
+        if not isinstance(padding, str) or padding.lower() not in PAD_CONV_PADDINGS:
+            raise ValueError(f"padding must be one of {PAD_CONV_PADDINGS}, received: {padding!r}")
+        padding = padding.lower()
+        keras_padding = padding if padding in KERAS_PADDINGS else "valid"
+        super().__init__(filters, kernel_size, strides=strides, padding=keras_padding, **kwargs)
+        self.pad_mode = padding
+        if padding in EXTRA_PADDINGS:
+            _check_unit_dilation_and_groups(self)
+
+    def _pad(self, inputs):
+        if self.pad_mode in KERAS_PADDINGS:
+            return inputs
+        return apply_padding(inputs, self.pad_mode, self.kernel_size, self.data_format)
+
+    def _padded_shape(self, input_shape):
+        if self.pad_mode in KERAS_PADDINGS:
+            return input_shape
+        shape = list(input_shape)
+        axes = (1, 2) if self.data_format == "channels_last" else (2, 3)
+        for axis, (before, after) in zip(axes, _pad_amounts(self.kernel_size)):
+            if shape[axis] is not None:
+                shape[axis] += before + after
+        return tuple(shape)
+
+    def build(self, input_shape):
+        super().build(self._padded_shape(input_shape))
+
+    def convolution_op(self, inputs, kernel):
+        return super().convolution_op(self._pad(inputs), kernel)
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(self._padded_shape(input_shape))
+
+    def get_config(self):
+        config = super().get_config()
+        config["padding"] = self.pad_mode
+        return config
+
+    def _export_class(self):
+        return keras.layers.Conv2D if self.pad_mode in KERAS_PADDINGS else PadConv2D
+
+    def vanilla_export(self):
+        """A PadConv2D has no constraint: its export is a copy of itself (plain Conv2D
+        for "same"/"valid")."""
+        cls = self._export_class()
+        config = cls.get_config(self) if cls is keras.layers.Conv2D else self.get_config()
+        if cls is keras.layers.Conv2D:
+            config["padding"] = self.pad_mode
+        layer = cls.from_config(config)
+        layer.build(self._build_input_shape)
+        layer.set_weights(self.get_weights())
+        return layer
+
+    @property
+    def _build_input_shape(self):
+        return self._build_shapes_dict["input_shape"]
+
+
+class _ConvKernel:
+    """What a constrained convolution declares: its linear map, factor and export."""
+
+    def _linear(self, inputs, kernel):
+        return self.convolution_op(inputs, kernel)
+
+    def _lipschitz_factor(self):
+        padding = getattr(self, "pad_mode", self.padding)
+        return conv_lipschitz_factor(self.kernel_size, self.strides, padding)
+
+
+def _spectral_conv_init(layer, lipschitz_args) -> None:
+    _check_unit_dilation_and_groups(layer)
+    layer._init_spectral(**lipschitz_args)
+
+
+@keras.saving.register_keras_serializable("deel_lip")
+class SpectralConv2D(_ConvKernel, SpectralKernel, PadConv2D):
+    """2D convolution with an orthogonal reshaped kernel, ``k_coef_lip``-Lipschitz.
+
+    ``K_bar = k_coef_lip / factor * bjorck(K / sigma)`` with ``K`` the reshaped
+    ``(kh * kw * c_in, filters)`` kernel and ``factor`` the coverage factor of the padding
+    mode and strides (`deel_lip.normalizers.conv_lipschitz_factor`): the operator norm is
+    at most ``k_coef_lip`` for every input size.
+
+    Args:
+        filters, kernel_size, strides, data_format, activation, use_bias, initializers,
+            regularizers, constraints: as in `keras.layers.Conv2D`.
+        padding: "same", "valid", "constant", "reflect", "symmetric" or "circular".
+        dilation_rate: must be 1.
+        k_coef_lip, eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral,
+            maxiter_bjorck: as in `deel_lip.layers.SpectralDense`.
+
+    Input shape:
+        4D tensor ``(batch, rows, cols, channels)`` (channels_last).
+
+    Output shape:
+        4D tensor ``(batch, new_rows, new_cols, filters)``.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="same",
+        data_format=None,
+        dilation_rate=(1, 1),
+        activation=None,
+        use_bias=True,
+        kernel_initializer="orthogonal",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        k_coef_lip=1.0,
+        eps_spectral=DEFAULT_EPS_SPECTRAL,
+        eps_bjorck=DEFAULT_EPS_BJORCK,
+        beta_bjorck=DEFAULT_BETA_BJORCK,
+        maxiter_spectral=DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
+        **kwargs,
+    ):
+        PadConv2D.__init__(
+            self,
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            **kwargs,
+        )
+        _spectral_conv_init(
+            self,
+            dict(
+                k_coef_lip=k_coef_lip,
+                eps_spectral=eps_spectral,
+                eps_bjorck=eps_bjorck,
+                beta_bjorck=beta_bjorck,
+                maxiter_spectral=maxiter_spectral,
+                maxiter_bjorck=maxiter_bjorck,
+            ),
+        )
+
+    def _export_class(self):
+        return PadConv2D._export_class(self)
+
+
+@keras.saving.register_keras_serializable("deel_lip")
+class FrobeniusConv2D(_ConvKernel, FrobeniusKernel, PadConv2D):
+    """2D convolution whose kernel is divided by its Frobenius norm and the coverage factor.
+
+    ``K_bar = k_coef_lip / factor * K / ||K||_F``: cheaper than `SpectralConv2D` (no
+    iteration), ``k_coef_lip``-Lipschitz for every input size, but not orthogonal.
+
+    Args:
+        as `SpectralConv2D`, without the Bjorck arguments.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="same",
+        data_format=None,
+        dilation_rate=(1, 1),
+        activation=None,
+        use_bias=True,
+        kernel_initializer="orthogonal",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        k_coef_lip=1.0,
+        **kwargs,
+    ):
+        PadConv2D.__init__(
+            self,
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            **kwargs,
+        )
+        _check_unit_dilation_and_groups(self)
+        self._init_frobenius(k_coef_lip, disjoint_neurons=False)
+        # disjoint neurons make no sense for convolutions: keep the config minimal
+        self._lipschitz_args = {}
+
+    def _export_class(self):
+        return PadConv2D._export_class(self)
+
+
+@keras.saving.register_keras_serializable("deel_lip")
+class SpectralConv1D(_ConvKernel, SpectralKernel, keras.layers.Conv1D):
+    """1D convolution with an orthogonal reshaped kernel, ``k_coef_lip``-Lipschitz.
+
+    Padding "same", "valid" or "causal" (all zero paddings, factor
+    ``sqrt(ceil(k / s))``). Other arguments as `SpectralConv2D`.
+
+    Input shape:
+        3D tensor ``(batch, steps, channels)`` (channels_last).
+
+    Output shape:
+        3D tensor ``(batch, new_steps, filters)``.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="same",
+        data_format=None,
+        dilation_rate=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="orthogonal",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        k_coef_lip=1.0,
+        eps_spectral=DEFAULT_EPS_SPECTRAL,
+        eps_bjorck=DEFAULT_EPS_BJORCK,
+        beta_bjorck=DEFAULT_BETA_BJORCK,
+        maxiter_spectral=DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
+        **kwargs,
+    ):
+        keras.layers.Conv1D.__init__(
+            self,
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            **kwargs,
+        )
+        _spectral_conv_init(
+            self,
+            dict(
+                k_coef_lip=k_coef_lip,
+                eps_spectral=eps_spectral,
+                eps_bjorck=eps_bjorck,
+                beta_bjorck=beta_bjorck,
+                maxiter_spectral=maxiter_spectral,
+                maxiter_bjorck=maxiter_bjorck,
+            ),
+        )
+
+    def _linear(self, inputs, kernel):
+        if self.padding != "causal":
+            return self.convolution_op(inputs, kernel)
+        inputs = ops.pad(inputs, self._compute_causal_padding())
+        return ops.conv(
+            inputs,
+            kernel,
+            strides=list(self.strides),
+            padding="valid",
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+
+    def _export_class(self):
+        return keras.layers.Conv1D
+
+
+@keras.saving.register_keras_serializable("deel_lip")
+class SpectralConv2DTranspose(SpectralKernel, keras.layers.Conv2DTranspose):
+    """Transposed 2D convolution with an orthogonal reshaped kernel.
+
+    The Keras kernel is ``(kh, kw, filters, c_in)``; its ``(kh * kw * filters, c_in)``
+    matrix is the matrix of the adjoint (strided) convolution, whose operator norm equals
+    the transposed convolution's. It is orthogonalised and divided by
+    ``sqrt(prod ceil(k / s))`` (`deel_lip.normalizers.conv_transpose_lipschitz_factor`).
+
+    Args:
+        filters, kernel_size, strides, padding ("same" or "valid"), output_padding,
+            data_format, activation, use_bias, ...: as in `keras.layers.Conv2DTranspose`.
+        dilation_rate: must be 1.
+        k_coef_lip, eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral,
+            maxiter_bjorck: as in `deel_lip.layers.SpectralDense`.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="same",
+        output_padding=None,
+        data_format=None,
+        dilation_rate=(1, 1),
+        activation=None,
+        use_bias=True,
+        kernel_initializer="orthogonal",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        k_coef_lip=1.0,
+        eps_spectral=DEFAULT_EPS_SPECTRAL,
+        eps_bjorck=DEFAULT_EPS_BJORCK,
+        beta_bjorck=DEFAULT_BETA_BJORCK,
+        maxiter_spectral=DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
+        **kwargs,
+    ):
+        keras.layers.Conv2DTranspose.__init__(
+            self,
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            output_padding=output_padding,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            **kwargs,
+        )
+        _spectral_conv_init(
+            self,
+            dict(
+                k_coef_lip=k_coef_lip,
+                eps_spectral=eps_spectral,
+                eps_bjorck=eps_bjorck,
+                beta_bjorck=beta_bjorck,
+                maxiter_spectral=maxiter_spectral,
+                maxiter_bjorck=maxiter_bjorck,
+            ),
+        )
+
+    def _linear(self, inputs, kernel):
+        return ops.conv_transpose(
+            inputs,
+            kernel,
+            strides=list(self.strides),
+            padding=self.padding,
+            output_padding=self.output_padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+
+    def _lipschitz_factor(self):
+        return conv_transpose_lipschitz_factor(self.kernel_size, self.strides)
+
+    def _export_class(self):
+        return keras.layers.Conv2DTranspose

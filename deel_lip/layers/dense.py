@@ -1,0 +1,152 @@
+"""Lipschitz dense layers."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from deel_lip.layers.normalized import FrobeniusKernel, SpectralKernel
+from deel_lip.normalizers import (
+    DEFAULT_BETA_BJORCK,
+    DEFAULT_EPS_BJORCK,
+    DEFAULT_EPS_SPECTRAL,
+    DEFAULT_MAXITER_BJORCK,
+    DEFAULT_MAXITER_SPECTRAL,
+)
+
+__all__ = ["SpectralDense", "FrobeniusDense"]
+
+
+class _DenseKernel:
+    """What a constrained Dense declares: its linear map and its export class."""
+
+    def _linear(self, inputs, kernel):
+        return ops.matmul(inputs, kernel)
+
+    def _export_class(self):
+        return keras.layers.Dense
+
+
+@keras.saving.register_keras_serializable("deel_lip")
+class SpectralDense(_DenseKernel, SpectralKernel, keras.layers.Dense):
+    """Dense layer with an orthogonal kernel scaled to ``k_coef_lip``.
+
+    ``W_bar = k_coef_lip * bjorck(W / sigma)``: every singular value of ``W_bar`` is at
+    most ``k_coef_lip`` (and equal to it up to ``eps_bjorck`` when Bjorck converged), so
+    the layer is ``k_coef_lip``-Lipschitz in L2 and gradient-norm preserving.
+    With ``eps_bjorck=None`` the kernel is only spectrally normalised.
+
+    Args:
+        units: number of output units.
+        activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
+            bias_regularizer, activity_regularizer, kernel_constraint, bias_constraint:
+            as in `keras.layers.Dense`.
+        k_coef_lip: Lipschitz constant of the layer (> 0).
+        eps_spectral: power-iteration tolerance (> 0).
+        eps_bjorck: Bjorck tolerance (> 0), or None for spectral normalisation only.
+        beta_bjorck: Bjorck coefficient in (0, 0.5].
+        maxiter_spectral: maximum power iterations per step.
+        maxiter_bjorck: maximum Bjorck iterations per step.
+
+    Input shape:
+        ``(batch, ..., input_dim)``.
+
+    Output shape:
+        ``(batch, ..., units)``.
+
+    Reference:
+        Anil, Lucas, Grosse, "Sorting out Lipschitz function approximation", ICML 2019.
+    """
+
+    def __init__(
+        self,
+        units,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="orthogonal",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        k_coef_lip=1.0,
+        eps_spectral=DEFAULT_EPS_SPECTRAL,
+        eps_bjorck=DEFAULT_EPS_BJORCK,
+        beta_bjorck=DEFAULT_BETA_BJORCK,
+        maxiter_spectral=DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
+        **kwargs,
+    ):
+        keras.layers.Dense.__init__(
+            self,
+            units,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            **kwargs,
+        )
+        self._init_spectral(
+            k_coef_lip, eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck
+        )
+
+
+@keras.saving.register_keras_serializable("deel_lip")
+class FrobeniusDense(_DenseKernel, FrobeniusKernel, keras.layers.Dense):
+    """Dense layer whose kernel is divided by its Frobenius norm.
+
+    ``W_bar = k_coef_lip * W / ||W||_F`` makes the whole layer ``k_coef_lip``-Lipschitz.
+    With ``disjoint_neurons=True`` each column is normalised separately,
+    ``W_bar[:, j] = k_coef_lip * W[:, j] / ||W[:, j]||``: each output unit is then
+    ``k_coef_lip``-Lipschitz on its own (use the ``2 L`` certificate), the output vector
+    as a whole up to ``k_coef_lip * sqrt(units)``. With one unit both coincide.
+
+    Args:
+        units, activation, use_bias, ...: as in `keras.layers.Dense`.
+        disjoint_neurons: normalise each output unit separately.
+        k_coef_lip: Lipschitz constant (> 0).
+
+    Input shape:
+        ``(batch, ..., input_dim)``.
+
+    Output shape:
+        ``(batch, ..., units)``.
+    """
+
+    def __init__(
+        self,
+        units,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        disjoint_neurons=True,
+        k_coef_lip=1.0,
+        **kwargs,
+    ):
+        keras.layers.Dense.__init__(
+            self,
+            units,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            **kwargs,
+        )
+        self._init_frobenius(k_coef_lip, disjoint_neurons)
