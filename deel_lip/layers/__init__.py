@@ -1,5 +1,13 @@
 """Lipschitz layers for Keras 3 (deel-lip names and arguments)."""
 
+from deel_lip.layers.activations import (
+    FullSort,
+    GroupSort,
+    GroupSort2,
+    Householder,
+    MaxMin,
+    PReLUlip,
+)
 from deel_lip.layers.base import Condensable, ConstrainedKernel, LipschitzLayer
 from deel_lip.layers.convolutional import (
     FrobeniusConv2D,
@@ -9,3 +17,12 @@ from deel_lip.layers.convolutional import (
     SpectralConv2DTranspose,
 )
 from deel_lip.layers.dense import FrobeniusDense, SpectralDense
+from deel_lip.layers.pooling import (
+    InvertibleDownSampling,
+    InvertibleUpSampling,
+    ScaledAveragePooling2D,
+    ScaledGlobalAveragePooling2D,
+    ScaledGlobalL2NormPooling2D,
+    ScaledL2NormPooling2D,
+)
+from deel_lip.layers.residual import BatchCentering, LayerCentering, LipResidual

@@ -23,7 +23,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from deel_lip._backend import eager_scope, executing_eagerly
+from deel_lip._backend import eager_scope, executing_eagerly, no_autocast
 from deel_lip.normalizers import check_k_coef_lip
 
 __all__ = ["LipschitzLayer", "Condensable", "ConstrainedKernel"]
@@ -124,6 +124,7 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
                 shape=shape,
                 initializer=keras.initializers.RandomNormal(seed=0),
                 trainable=False,
+                autocast=False,
                 aggregation=_STATE_AGGREGATION,
             )
         self.constrained_kernel = self.add_weight(
@@ -131,6 +132,7 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
             shape=kernel.shape,
             initializer="zeros",
             trainable=False,
+            autocast=False,
             aggregation=_STATE_AGGREGATION,
         )
         self.built = True
@@ -150,8 +152,9 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
 
         The computation runs in the variables' dtype (float32 under mixed precision).
         """
-        kernel = ops.convert_to_tensor(self._raw_kernel())
-        state = {name: ops.convert_to_tensor(var) for name, var in self._state.items()}
+        with no_autocast():
+            kernel = ops.convert_to_tensor(self._raw_kernel().value)
+            state = {name: ops.convert_to_tensor(var.value) for name, var in self._state.items()}
         w_bar, new_state = self._normalize(kernel, state)
         return w_bar, new_state
 

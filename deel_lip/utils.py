@@ -1,0 +1,409 @@
+"""Exact Lipschitz measurements of layers and models.
+
+* `layer_operator_matrix`: the dense matrix ``A`` of a layer's linear part, so that
+  ``flatten(layer(x)) = A flatten(x) + b`` (bias and activation excluded), built column by
+  column from the identity basis: ``A[:, i] = f(e_i) - f(0)``.
+* `compute_layer_sv` / `compute_model_sv`: the smallest and largest singular values of
+  each layer's linear operator (exact SVD on small inputs, iterative methods otherwise).
+  They read the layer's weights and never modify them (no ``assign``, no ``condense``).
+* `evaluate_lip_const`: ``max_x ||J_f(x)||_2`` over samples, from exact Jacobians. It is a
+  *lower bound* of the Lipschitz constant ``sup_x ||J_f(x)||_2`` of the model.
+
+The Jacobians and adjoints come from automatic differentiation, the only TensorFlow-only
+calls (`deel_lip._backend.batch_jacobian` and `deel_lip._backend.vjp`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from deel_lip import _backend
+from deel_lip.layers.base import ConstrainedKernel
+
+__all__ = [
+    "MAX_DENSE_DIM",
+    "evaluate_lip_const",
+    "layer_operator_matrix",
+    "compute_layer_sv",
+    "compute_model_sv",
+]
+
+#: Largest input dimension for which `compute_layer_sv` builds the dense operator matrix.
+MAX_DENSE_DIM = 4096
+#: Largest number of entries of a dense operator matrix (2**25 float64 = 256 MiB).
+_MAX_DENSE_ENTRIES = 2**25
+_BASIS_CHUNK = 256
+_JACOBIAN_CHUNK = 16
+_POWER_TOL = 1e-6
+_POWER_MAXITER = 20000
+
+_CONV_TRANSPOSE = (
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+)
+_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+
+SvFunction = Callable[[keras.layers.Layer, tuple | None], tuple]
+
+
+# ------------------------------------------------------------------ linear parts
+
+
+def _has_linear_part(layer) -> bool:
+    """True for the layers whose kernel-based linear map this module knows."""
+    return isinstance(layer, (ConstrainedKernel, keras.layers.Dense) + _CONV + _CONV_TRANSPOSE)
+
+
+def _inference_kernel(layer):
+    """The kernel the layer uses at ``training=False``, read without modifying the layer."""
+    if isinstance(layer, ConstrainedKernel):
+        if layer._cache_ready:
+            return layer.constrained_kernel
+        # Built inside a traced function and never called: the inference call would
+        # compute the constrained kernel; do the same computation without storing it.
+        return layer.compute_constrained_kernel()[0]
+    return layer.kernel
+
+
+def _plain_linear(layer) -> Callable:
+    """``(x, kernel) -> linear map`` of a plain Keras Dense / convolution."""
+    if isinstance(layer, keras.layers.Dense):
+        return ops.matmul
+    if isinstance(layer, _CONV_TRANSPOSE):
+
+        def conv_transpose(x, kernel):
+            return ops.conv_transpose(
+                x,
+                kernel,
+                strides=list(layer.strides),
+                padding=layer.padding,
+                output_padding=layer.output_padding,
+                dilation_rate=layer.dilation_rate,
+                data_format=layer.data_format,
+            )
+
+        return conv_transpose
+    if isinstance(layer, keras.layers.Conv1D) and layer.padding == "causal":
+
+        def causal_conv(x, kernel):
+            return ops.conv(
+                ops.pad(x, layer._compute_causal_padding()),
+                kernel,
+                strides=list(layer.strides),
+                padding="valid",
+                dilation_rate=layer.dilation_rate,
+                data_format=layer.data_format,
+            )
+
+        return causal_conv
+    return layer.convolution_op
+
+
+def _linear_function(layer_or_fn, dtype: str) -> Callable:
+    """``x -> A x (+ offset)`` computed in ``dtype``."""
+    if isinstance(layer_or_fn, keras.layers.Layer) and _has_linear_part(layer_or_fn):
+        layer = layer_or_fn
+        if not layer.built:
+            raise ValueError(f"Layer {layer.name!r} must be built to read its linear operator.")
+        kernel = ops.cast(_inference_kernel(layer), dtype)
+        linear = layer._linear if isinstance(layer, ConstrainedKernel) else _plain_linear(layer)
+        return lambda x: linear(x, kernel)
+    if isinstance(layer_or_fn, keras.layers.Layer):
+        return lambda x: layer_or_fn(x, training=False)
+    if callable(layer_or_fn):
+        return layer_or_fn
+    raise TypeError(
+        f"layer_or_fn must be a Keras layer or a callable, received: {type(layer_or_fn)!r}"
+    )
+
+
+def _sample_shape(input_shape, argument: str = "input_shape") -> tuple:
+    """Shape of one sample: a leading ``None`` (batch axis) is dropped."""
+    if input_shape is None or isinstance(input_shape, (str, bytes)):
+        raise ValueError(f"{argument} must be a sequence of ints, received: {input_shape!r}")
+    shape = tuple(input_shape)
+    if shape and shape[0] is None:
+        shape = shape[1:]
+    if not shape or any(not isinstance(d, (int, np.integer)) or d < 1 for d in shape):
+        raise ValueError(
+            f"{argument} must give the size (>= 1) of every axis of one sample, "
+            f"received: {input_shape!r}"
+        )
+    return tuple(int(d) for d in shape)
+
+
+def layer_operator_matrix(
+    layer_or_fn: keras.layers.Layer | Callable,
+    input_shape: Sequence[int],
+    dtype: str = "float64",
+) -> np.ndarray:
+    """Dense matrix of the linear part of a layer on inputs of a given shape.
+
+    ``A[:, i] = flatten(f(e_i) - f(0))`` for the identity basis ``e_i`` of the flattened
+    input, so that ``flatten(f(x)) = A flatten(x) + flatten(f(0))`` for an affine ``f``.
+
+    * Constrained layers (`deel_lip.layers`): ``f`` is the layer's linear map with the
+      kernel used at inference (the cached constrained kernel); bias and activation are
+      excluded. The layer is not modified.
+    * Plain `keras.layers.Dense`, ``Conv1D/2D/3D`` and ``Conv1D/2D/3DTranspose`` (and
+      subclasses such as `deel_lip.layers.PadConv2D`): the same with their kernel.
+    * Any other layer or callable is evaluated as is (layers with ``training=False``);
+      the result is its matrix only if it is affine.
+
+    Args:
+        layer_or_fn: a built layer, or a callable on batches.
+        input_shape: shape of one input, without the batch axis (a leading ``None`` is
+            dropped), e.g. ``(5, 5, 2)``.
+        dtype: dtype of the basis and of the kernel during the computation.
+
+    Returns:
+        ``numpy`` array ``(output_dim, input_dim)`` (row-major flattening of one sample).
+
+    Raises:
+        ValueError: if the layer is not built or ``input_shape`` is not fully known.
+        TypeError: if ``layer_or_fn`` is neither a layer nor a callable.
+    """
+    fn = _linear_function(layer_or_fn, dtype)
+    shape = _sample_shape(input_shape)
+    n = math.prod(shape)
+    offset = ops.convert_to_numpy(fn(ops.zeros((1,) + shape, dtype=dtype)))
+    offset = offset.reshape(-1).astype(np.float64)
+    matrix = np.empty((offset.size, n), dtype=np.float64)
+    for start in range(0, n, _BASIS_CHUNK):
+        stop = min(n, start + _BASIS_CHUNK)
+        basis = np.zeros((stop - start, n), dtype=dtype)
+        basis[np.arange(stop - start), np.arange(start, stop)] = 1.0
+        out = ops.convert_to_numpy(fn(ops.convert_to_tensor(basis.reshape((-1,) + shape))))
+        matrix[:, start:stop] = (out.reshape(stop - start, -1).astype(np.float64) - offset).T
+    return matrix
+
+
+# ------------------------------------------------------------------ singular values
+
+
+def _build_input_shape(layer) -> tuple | None:
+    shapes = getattr(layer, "_build_shapes_dict", None) or {}
+    shape = next(iter(shapes.values()), None)
+    return tuple(shape) if shape is not None else None
+
+
+def _find_handler(layer, mapping: dict) -> SvFunction | None:
+    """Function registered for the layer's type or its closest base class."""
+    for cls in type(layer).__mro__:
+        if cls in mapping:
+            return mapping[cls]
+    return None
+
+
+def _output_shape(fn, shape) -> tuple:
+    """Shape of one output of ``fn`` on inputs of shape ``shape``."""
+    return tuple(fn(ops.zeros((1,) + shape, dtype="float64")).shape[1:])
+
+
+def _top_singular_value(fn, shape) -> float:
+    """Largest singular value by power iteration on ``A^T A`` (adjoint by autodiff).
+
+    Stops when the estimate changes by less than ``1e-6`` relatively; the estimate
+    ``||A v||`` (``v`` unit) approaches the largest singular value from below.
+    """
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((1,) + shape)
+    v /= np.linalg.norm(v)
+    anchor = ops.zeros((1,) + shape, dtype="float64")
+    sigma_prev = 0.0
+    sigma = 0.0
+    for _ in range(_POWER_MAXITER):
+        av = fn(ops.convert_to_tensor(v))
+        sigma = float(np.linalg.norm(ops.convert_to_numpy(av)))
+        if sigma == 0.0:
+            return 0.0
+        w = ops.convert_to_numpy(_backend.vjp(fn, anchor, av))
+        v = w / np.linalg.norm(w)
+        if abs(sigma - sigma_prev) <= _POWER_TOL * sigma:
+            break
+        sigma_prev = sigma
+    return sigma
+
+
+def _bottom_singular_value(fn, shape, out_shape: tuple) -> float:
+    """Smallest of the ``min(m, n)`` singular values by ARPACK (needs ``scipy``)."""
+    try:
+        from scipy.sparse.linalg import LinearOperator, svds
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "The smallest singular value of a large operator needs scipy: pip install scipy"
+        ) from error
+    n = math.prod(shape)
+    out_dim = math.prod(out_shape)
+    anchor = ops.zeros((1,) + shape, dtype="float64")
+
+    def matvec(vec):
+        out = fn(ops.convert_to_tensor(np.reshape(vec, (1,) + shape).astype(np.float64)))
+        return ops.convert_to_numpy(out).reshape(-1)
+
+    def rmatvec(vec):
+        cot = np.reshape(vec, (1,) + out_shape).astype(np.float64)
+        grad = _backend.vjp(fn, anchor, ops.convert_to_tensor(cot))
+        return ops.convert_to_numpy(grad).reshape(-1)
+
+    operator = LinearOperator((out_dim, n), matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
+    if min(out_dim, n) == 1:
+        return float(np.linalg.norm(matvec(np.ones(n)) if n == 1 else rmatvec(np.ones(1))))
+    values = svds(operator, k=1, which="SM", return_singular_vectors=False, random_state=0)
+    return float(values.min())
+
+
+def _dense_sv(layer) -> tuple[float, float]:
+    kernel = ops.convert_to_numpy(_inference_kernel(layer)).astype(np.float64)
+    values = np.linalg.svd(kernel.reshape(-1, kernel.shape[-1]), compute_uv=False)
+    return float(values.min()), float(values.max())
+
+
+def compute_layer_sv(
+    layer: keras.layers.Layer,
+    input_shape: Sequence[int] | None = None,
+    supplementary_type2sv: dict[type, SvFunction] | None = None,
+) -> tuple[float | None, float | None]:
+    """Smallest and largest singular values of a layer's linear operator.
+
+    The operator is the one used at inference (``training=False``): for constrained
+    layers, the cached constrained kernel. Bias and activation are excluded. The layer is
+    read, never modified.
+
+    * Dense layers: SVD of the kernel (the operator on ``(..., d)`` inputs is a block
+      diagonal of copies of it, with the same singular values).
+    * Convolutions (and transposed ones): SVD of `layer_operator_matrix` on inputs of
+      shape ``input_shape`` if given, else the layer's own build input shape, when the
+      input has at most `MAX_DENSE_DIM` entries (and the matrix at most 2**25). Otherwise
+      the largest value comes from power iteration on ``A^T A`` (to a relative change of
+      1e-6; it approaches from below) and the smallest from ARPACK
+      (``scipy.sparse.linalg.svds(which="SM")``) on the operator and its adjoint.
+    * Types (or base types) in ``supplementary_type2sv`` use the registered function,
+      called as ``fn(layer, input_shape)`` with the batch-shaped input shape (or None);
+      it takes precedence over the built-in rules.
+    * Any other layer (activations, pooling, reshaping, ...): ``(None, None)``.
+
+    The smallest value is the smallest of the ``min(rows, cols)`` singular values of the
+    operator matrix.
+
+    Args:
+        layer: a built Keras layer.
+        input_shape: shape of one input (without batch axis) for convolutions; needed when
+            the layer was built with unknown spatial sizes.
+        supplementary_type2sv: ``{layer type: fn(layer, input_shape) -> (min, max)}``.
+
+    Returns:
+        ``(min_sv, max_sv)`` as floats, or ``(None, None)``.
+
+    Raises:
+        ValueError: if the layer is not built or the input shape is unknown.
+    """
+    own_shape = _build_input_shape(layer)
+    handler = _find_handler(layer, supplementary_type2sv or {})
+    if handler is not None:
+        shape = (None,) + _sample_shape(input_shape) if input_shape is not None else own_shape
+        return handler(layer, shape)
+    if not _has_linear_part(layer):
+        return None, None
+    if not layer.built:
+        raise ValueError(f"Layer {layer.name!r} must be built before compute_layer_sv().")
+    if isinstance(layer, keras.layers.Dense):
+        return _dense_sv(layer)
+    if input_shape is None and (own_shape is None or None in own_shape[1:]):
+        raise ValueError(
+            f"input_shape must be given for layer {layer.name!r}, built with input shape "
+            f"{own_shape!r}"
+        )
+    shape = _sample_shape(input_shape if input_shape is not None else own_shape)
+    fn = _linear_function(layer, "float64")
+    in_dim = math.prod(shape)
+    out_shape = _output_shape(fn, shape)
+    out_dim = math.prod(out_shape)
+    if in_dim <= MAX_DENSE_DIM and in_dim * out_dim <= _MAX_DENSE_ENTRIES:
+        matrix = layer_operator_matrix(layer, shape)
+        values = np.linalg.svd(matrix, compute_uv=False)
+        return float(values.min()), float(values.max())
+    return _bottom_singular_value(fn, shape, out_shape), _top_singular_value(fn, shape)
+
+
+def compute_model_sv(
+    model: keras.Model,
+    supplementary_type2sv: dict[type, SvFunction] | None = None,
+) -> dict[str, tuple[float | None, float | None]]:
+    """`compute_layer_sv` of every layer of a model, nested models included.
+
+    Args:
+        model: a built Keras model.
+        supplementary_type2sv: as in `compute_layer_sv`.
+
+    Returns:
+        ``{layer name: (min_sv, max_sv)}`` in layer order; the layers of a nested model
+        are keyed ``"nested_model_name/layer_name"`` (input layers are skipped).
+    """
+    mapping = supplementary_type2sv or {}
+    result = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model) and _find_handler(layer, mapping) is None:
+            for name, values in compute_model_sv(layer, mapping).items():
+                result[f"{layer.name}/{name}"] = values
+        else:
+            result[layer.name] = compute_layer_sv(layer, supplementary_type2sv=mapping)
+    return result
+
+
+# ------------------------------------------------------------------ Jacobian estimate
+
+
+def evaluate_lip_const(model, x, eps: float | None = None, seed: int | None = None) -> float:
+    """Largest spectral norm of the model's Jacobian over the given samples.
+
+    ``L_est = max_i ||J_f(x_i)||_2`` with ``J_f`` the exact Jacobian of the flattened
+    output with respect to the input (automatic differentiation, inference mode). For
+    any differentiable ``f``, ``L_est <= Lip(f)``: it is a *lower bound* of the true
+    Lipschitz constant, useful to check that a bound is reached or not exceeded on data.
+
+    Args:
+        model: a Keras model or layer (called with ``training=False``), or a callable.
+        x: samples ``(batch, ...)``.
+        eps: if given (> 0), the Jacobian is also evaluated at ``x_i + eps * d_i`` with
+            ``d_i`` a random unit direction per sample, to explore the neighbourhood.
+        seed: seed of the random directions (only with ``eps``).
+
+    Returns:
+        The estimate, a float.
+
+    Raises:
+        ValueError: if ``eps <= 0``, or ``seed`` is given without ``eps``.
+    """
+    points = np.asarray(x)
+    if eps is not None:
+        if not isinstance(eps, (int, float, np.number)) or isinstance(eps, bool) or eps <= 0:
+            raise ValueError(f"eps must be a number > 0 or None, received: {eps!r}")
+        rng = np.random.default_rng(seed)
+        directions = rng.standard_normal(points.shape)
+        norms = np.linalg.norm(directions.reshape(len(points), -1), axis=1)
+        directions /= norms.reshape((-1,) + (1,) * (points.ndim - 1))
+        points = np.concatenate([points, points + eps * directions.astype(points.dtype)])
+    elif seed is not None:
+        raise ValueError(f"seed is only used with eps; received seed={seed!r} and eps=None")
+
+    def fn(inputs):
+        if isinstance(model, keras.layers.Layer):
+            return model(inputs, training=False)
+        return model(inputs)
+
+    best = 0.0
+    for start in range(0, len(points), _JACOBIAN_CHUNK):
+        chunk = ops.convert_to_tensor(points[start : start + _JACOBIAN_CHUNK])
+        jac = ops.convert_to_numpy(_backend.batch_jacobian(fn, chunk)).astype(np.float64)
+        norms = np.linalg.norm(jac, ord=2, axis=(1, 2))
+        best = max(best, float(norms.max()))
+    return best
