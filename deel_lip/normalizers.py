@@ -32,9 +32,8 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
-import keras
 import numpy as np
 from keras import ops
 
@@ -72,7 +71,7 @@ __all__ = [
 
 def check_normalization_args(
     eps_spectral: float = DEFAULT_EPS_SPECTRAL,
-    eps_bjorck: Optional[float] = DEFAULT_EPS_BJORCK,
+    eps_bjorck: float | None = DEFAULT_EPS_BJORCK,
     beta_bjorck: float = DEFAULT_BETA_BJORCK,
     maxiter_spectral: int = DEFAULT_MAXITER_SPECTRAL,
     maxiter_bjorck: int = DEFAULT_MAXITER_BJORCK,
@@ -291,7 +290,7 @@ def reshaped_kernel_orthogonalization(
     u,
     adjustment_coef: float,
     eps_spectral: float = DEFAULT_EPS_SPECTRAL,
-    eps_bjorck: Optional[float] = DEFAULT_EPS_BJORCK,
+    eps_bjorck: float | None = DEFAULT_EPS_BJORCK,
     beta_bjorck: float = DEFAULT_BETA_BJORCK,
     maxiter_spectral: int = DEFAULT_MAXITER_SPECTRAL,
     maxiter_bjorck: int = DEFAULT_MAXITER_BJORCK,
@@ -338,7 +337,7 @@ def frobenius_normalization(kernel, disjoint_neurons: bool = False, eps: float =
 _PADDING_SOURCES = ("zero", "reflect", "symmetric", "circular")
 
 
-def _source_index(p: int, n: int, mode: str) -> Optional[int]:
+def _source_index(p: int, n: int, mode: str) -> int | None:
     """Input index read at index ``p`` of the padded signal (None for a zero pad)."""
     if 0 <= p < n:
         return p
@@ -438,4 +437,3 @@ def conv_transpose_lipschitz_factor(kernel_size: Sequence[int], strides: Sequenc
     for k, s in zip(kernel_size, strides):
         factor *= math.ceil(int(k) / int(s))
     return math.sqrt(factor)
-

@@ -113,7 +113,9 @@ def test_unbuilt_sequential_first_call_inside_fit_and_predict(digits):
             model.fit(flat, y, epochs=1, verbose=0)
         predicted = model.predict(flat, verbose=0)
         for layer in model.layers:
-            sv = np.linalg.svd(np.asarray(kernel_matrix(layer.constrained_kernel)), compute_uv=False)
+            sv = np.linalg.svd(
+                np.asarray(kernel_matrix(layer.constrained_kernel)), compute_uv=False
+            )
             assert sv.max() <= 1 + 1e-4
             assert sv.min() >= 1 - 1e-3
         assert _max_diff(predicted, model(flat)) <= 1e-5

@@ -245,4 +245,3 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
 
     def load_own_variables(self, store) -> None:
         keras.layers.Layer.load_own_variables(self, store)
-

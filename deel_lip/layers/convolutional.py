@@ -75,8 +75,8 @@ def apply_padding(x, padding: str, kernel_size, data_format: str):
     """Pad ``x`` for a "valid" convolution in one of the `EXTRA_PADDINGS` modes."""
     pads = _pad_amounts(kernel_size)
     rank = len(kernel_size)
-    spatial_axes = list(range(1, rank + 1)) if data_format == "channels_last" else list(
-        range(2, rank + 2)
+    spatial_axes = (
+        list(range(1, rank + 1)) if data_format == "channels_last" else list(range(2, rank + 2))
     )
     if padding == "circular":
         return _circular_pad(x, pads, spatial_axes)
