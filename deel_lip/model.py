@@ -77,9 +77,11 @@ def _export_layer(layer):
 def vanilla_export(model: keras.Model) -> keras.Model:
     """Plain Keras copy of ``model`` with every constraint folded into its kernel.
 
-    Calls `condense` first, so the cached constrained kernels (what inference uses) are
-    refreshed from the current weights; the export then equals ``model(x)`` at inference.
-    The original model is not otherwise changed, and the export shares no variable with it.
+    Each constrained layer exports the cached constrained kernel that inference uses, so
+    the export equals ``model(x)`` (``training=False``) exactly, and ``model`` is not
+    changed. After `fit` the cache holds the kernels of the last training step; call
+    `condense(model)` first to project and refresh them from the current weights. The
+    export shares no variable with the original and is not compiled.
 
     Args:
         model: a built `keras.Sequential` or functional `keras.Model` (deel_lip's or
@@ -89,6 +91,7 @@ def vanilla_export(model: keras.Model) -> keras.Model:
         A `keras.Sequential` or functional `keras.Model` with the same layer names.
 
     Raises:
+        TypeError: if ``model`` is not a `keras.Model`.
         ValueError: if the model is not built or is a subclassed model.
     """
     if not isinstance(model, keras.Model):
@@ -100,8 +103,12 @@ def vanilla_export(model: keras.Model) -> keras.Model:
             "vanilla_export supports Sequential and functional models, received a "
             f"subclassed model of type {type(model).__name__}"
         )
-    condense(model)
-    exported = keras.models.clone_model(model, clone_function=_export_layer)
+    compiled = getattr(model, "compiled", False)
+    model.compiled = False  # clone_model would re-compile the copy from the compile config
+    try:
+        exported = keras.models.clone_model(model, clone_function=_export_layer)
+    finally:
+        model.compiled = compiled
     if not isinstance(model, keras.Sequential) and type(exported) is not keras.Model:
         exported = keras.Model(exported.inputs, exported.outputs, name=model.name)
     for layer in model.layers:

@@ -77,6 +77,21 @@ def test_functional_model_export_and_nested_model(digits):
     assert exported.get_layer("inner").get_layer("inner_dense").__class__ is keras.layers.Dense
 
 
+def test_export_is_pure_and_works_with_any_compile_settings(digits):
+    x, y = _digits_data(digits, 64)
+    model = _cnn()
+    model.compile("adam", lambda y_true, y_pred: keras.ops.mean((y_true - y_pred) ** 2))
+    model.fit(x, y, epochs=1, verbose=0)
+    weights_before = [np.array(w) for w in model.weights]
+    exported = vanilla_export(model)
+    for before, after in zip(weights_before, model.weights):
+        np.testing.assert_array_equal(before, np.asarray(after))  # export mutates nothing
+    assert _max_diff(exported(x), model(x)) == 0.0
+    condense(model)
+    condense(model)
+    assert _max_diff(vanilla_export(model)(x), model(x)) == 0.0
+
+
 def test_export_requires_built_model():
     with pytest.raises(ValueError, match="built"):
         vanilla_export(keras.Sequential([SpectralDense(3)]))

@@ -211,13 +211,19 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
         self._cache_ready = True
 
     def vanilla_export(self) -> keras.layers.Layer:
-        """Plain Keras layer with the cached constrained kernel; same name and outputs.
+        """Plain Keras layer holding the cached constrained kernel; same name and outputs.
 
-        The export uses the cache that inference uses, so the exported layer equals the
-        constrained one at ``training=False``. Call `condense()` first to refresh it.
+        The export reads the cache that inference reads, without refreshing it, so it
+        equals the layer at ``training=False`` exactly. After `fit`, the cache holds the
+        kernel of the last training step's weights; call `condense()` first to bring it to
+        the current weights (`deel_lip.callbacks.CondenseCallback` does it at train end).
         """
         if not self.built:
             raise ValueError(f"Layer {self.name!r} must be built before vanilla_export().")
+        if not self._cache_ready:
+            with eager_scope():
+                self._refresh()
+            self._cache_ready = True
         cls = self._export_class()
         config = cls.get_config(self)
         config["name"] = self.name

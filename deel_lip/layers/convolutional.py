@@ -186,12 +186,13 @@ class SpectralConv2D(_ConvKernel, SpectralKernel, PadConv2D):
     at most ``k_coef_lip`` for every input size.
 
     Args:
-        filters, kernel_size, strides, data_format, activation, use_bias, initializers,
-            regularizers, constraints: as in `keras.layers.Conv2D`.
+        filters: as in `keras.layers.Conv2D` (likewise ``kernel_size``, ``strides``,
+            ``data_format``, ``activation``, ``use_bias``, initializers, regularizers and
+            constraints).
         padding: "same", "valid", "constant", "reflect", "symmetric" or "circular".
         dilation_rate: must be 1.
-        k_coef_lip, eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral,
-            maxiter_bjorck: as in `deel_lip.layers.SpectralDense`.
+        k_coef_lip: as in `deel_lip.layers.SpectralDense` (likewise ``eps_spectral``,
+            ``eps_bjorck``, ``beta_bjorck``, ``maxiter_spectral``, ``maxiter_bjorck``).
 
     Input shape:
         4D tensor ``(batch, rows, cols, channels)`` (channels_last).
@@ -268,7 +269,8 @@ class FrobeniusConv2D(_ConvKernel, FrobeniusKernel, PadConv2D):
     iteration), ``k_coef_lip``-Lipschitz for every input size, but not orthogonal.
 
     Args:
-        as `SpectralConv2D`, without the Bjorck arguments.
+        filters: as in `SpectralConv2D`, like every other argument except the Bjorck
+            ones (``eps_spectral``, ``eps_bjorck``, ``beta_bjorck``, ``maxiter_*``).
     """
 
     def __init__(
@@ -416,11 +418,12 @@ class SpectralConv2DTranspose(SpectralKernel, keras.layers.Conv2DTranspose):
     ``sqrt(prod ceil(k / s))`` (`deel_lip.normalizers.conv_transpose_lipschitz_factor`).
 
     Args:
-        filters, kernel_size, strides, padding ("same" or "valid"), output_padding,
-            data_format, activation, use_bias, ...: as in `keras.layers.Conv2DTranspose`.
+        filters: as in `keras.layers.Conv2DTranspose` (likewise ``kernel_size``,
+            ``strides``, ``padding`` ("same" or "valid"), ``output_padding``,
+            ``data_format``, ``activation``, ``use_bias``, ...).
         dilation_rate: must be 1.
-        k_coef_lip, eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral,
-            maxiter_bjorck: as in `deel_lip.layers.SpectralDense`.
+        k_coef_lip: as in `deel_lip.layers.SpectralDense` (likewise ``eps_spectral``,
+            ``eps_bjorck``, ``beta_bjorck``, ``maxiter_spectral``, ``maxiter_bjorck``).
     """
 
     def __init__(

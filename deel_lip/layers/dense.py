@@ -38,9 +38,10 @@ class SpectralDense(_DenseKernel, SpectralKernel, keras.layers.Dense):
 
     Args:
         units: number of output units.
-        activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
-            bias_regularizer, activity_regularizer, kernel_constraint, bias_constraint:
-            as in `keras.layers.Dense`.
+        activation: as in `keras.layers.Dense` (likewise ``use_bias``,
+            ``kernel_initializer``, ``bias_initializer``, ``kernel_regularizer``,
+            ``bias_regularizer``, ``activity_regularizer``, ``kernel_constraint``,
+            ``bias_constraint``).
         k_coef_lip: Lipschitz constant of the layer (> 0).
         eps_spectral: power-iteration tolerance (> 0).
         eps_bjorck: Bjorck tolerance (> 0), or None for spectral normalisation only.
