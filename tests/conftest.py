@@ -14,6 +14,11 @@ from deel_lip.datasets import load_digits, load_mnist  # noqa: E402
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_session():
+    """One Keras session per test module (clearing per test costs ~1 s each)."""
     yield
     keras.backend.clear_session()
 
