@@ -1,0 +1,252 @@
+"""Certified L2 radii of Lipschitz classifiers and certified accuracy over a dataset.
+
+For an ``L``-Lipschitz classifier (in L2) the prediction cannot change in the L2 ball of
+radius ``r(x)`` around ``x``:
+
+* binary (one output, class = sign of ``f``): ``r(x) = |f(x)| / L``;
+* multiclass, margin ``m(x) = f_y(x) - max_{j != y} f_j(x)``: ``r(x) = m(x) / (sqrt(2) L)``
+  when the output vector is ``L``-Lipschitz as a whole (``disjoint_neurons=False``),
+  ``r(x) = m(x) / (2 L)`` when each output is ``L``-Lipschitz on its own
+  (``disjoint_neurons=True``, valid for every ``L``-Lipschitz network).
+
+The formulas are those of `deel_lip.metrics` (same code), evaluated eagerly on arrays.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Iterator
+
+import keras
+import numpy as np
+from keras import ops
+
+from deel_lip import _backend
+from deel_lip.metrics import (
+    _binary_margin,
+    _certificate_factor,
+    _check_bool,
+    _check_lip_const,
+    _multiclass_margin,
+)
+
+__all__ = ["certified_radius", "certified_accuracy"]
+
+
+# ------------------------------------------------------------------ shared helpers
+
+
+def _check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise TypeError(f"batch_size must be an int, received: {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, received: {batch_size!r}")
+    return int(batch_size)
+
+
+def _is_binary(logits_shape) -> bool:
+    return len(logits_shape) == 1 or (len(logits_shape) == 2 and logits_shape[-1] == 1)
+
+
+def _class_targets(labels, logits_shape) -> np.ndarray:
+    """Validated labels as class ids ``(n,)`` (multiclass) or signs in {-1, +1} (binary).
+
+    Multiclass labels are class ids ``(n,)`` / ``(n, 1)`` or one-hot ``(n, n_classes)``
+    (class = argmax). Binary labels are in {0, 1} or {-1, +1}, shape ``(n,)`` or ``(n, 1)``.
+    """
+    labels = np.asarray(keras.ops.convert_to_numpy(labels))
+    n = logits_shape[0]
+    if len(logits_shape) not in (1, 2):
+        raise ValueError(
+            "logits must have shape (n,), (n, 1) or (n, n_classes), "
+            f"received shape {tuple(logits_shape)}"
+        )
+    if labels.shape[:1] != (n,):
+        raise ValueError(
+            f"labels must have one entry per sample ({n}), received shape {labels.shape}"
+        )
+    if _is_binary(logits_shape):
+        if labels.size != n:
+            raise ValueError(
+                f"binary labels must have shape ({n},) or ({n}, 1), received shape {labels.shape}"
+            )
+        return np.where(labels.reshape(n) > 0, 1.0, -1.0)
+    n_classes = logits_shape[-1]
+    if labels.shape == (n, n_classes):
+        return np.argmax(labels, axis=-1).astype("int64")
+    if labels.size != n:
+        raise ValueError(
+            f"labels must be class ids of shape ({n},) or ({n}, 1) or one-hot of shape "
+            f"({n}, {n_classes}), received shape {labels.shape}"
+        )
+    ids = labels.reshape(n)
+    if ids.size and (
+        not np.all(np.equal(np.mod(ids, 1), 0)) or ids.min() < 0 or ids.max() >= n_classes
+    ):
+        raise ValueError(
+            f"class ids must be integers in [0, {n_classes}), received values in "
+            f"[{ids.min()}, {ids.max()}]"
+        )
+    return ids.astype("int64")
+
+
+def _signed_margin(logits, targets):
+    """Signed margin (tensor ``(n,)``) for targets from `_class_targets`."""
+    if _is_binary(tuple(logits.shape)):
+        return _binary_margin(targets, logits)
+    return _multiclass_margin(targets, logits)
+
+
+def _radius_factor(logits_shape, lip_const: float, disjoint_neurons: bool) -> float:
+    """``L`` (binary) or ``c L`` (multiclass) so that radius = margin / factor."""
+    if _is_binary(logits_shape):
+        return lip_const
+    return _certificate_factor(lip_const, disjoint_neurons)
+
+
+def _batches(x, y, batch_size: int) -> Iterator[tuple]:
+    """``(x_batch, y_batch)`` from arrays (sliced) or from a batched `tf.data.Dataset`."""
+    if _backend.is_dataset(x):
+        if y is not None:
+            raise ValueError("y must be None when x is a tf.data.Dataset of (x, y) batches")
+        for element in x:
+            if not isinstance(element, (tuple, list)) or len(element) < 2:
+                raise ValueError("a dataset passed as x must yield (x, y) batches")
+            yield element[0], element[1]
+        return
+    if y is None:
+        raise ValueError("y (labels) is required when x is an array")
+    n = len(x)
+    if len(y) != n:
+        raise ValueError(f"x and y must have the same length, received {n} and {len(y)}")
+    for start in range(0, n, batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+def _predict_logits(model, x, batch_size: int) -> np.ndarray:
+    """``model(x, training=False)`` over batches, as a numpy array."""
+    outputs = [
+        ops.convert_to_numpy(model(x[start : start + batch_size], training=False))
+        for start in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(outputs, axis=0)
+
+
+# ------------------------------------------------------------------ public API
+
+
+def certified_radius(
+    logits,
+    labels=None,
+    lip_const: float = 1.0,
+    disjoint_neurons: bool = True,
+    negative: bool = False,
+) -> np.ndarray:
+    """Per-sample certified L2 radius of a Lipschitz classifier's outputs.
+
+    Without labels, the radius of the *predicted* class: ``|f| / L`` (binary) or
+    ``(top1(f) - top2(f)) / (c L)`` (multiclass, ``c = 2`` if ``disjoint_neurons`` else
+    ``sqrt(2)``). With labels, the signed margin of the *true* class is used:
+    ``s f / L`` (binary, ``s = +1`` for labels > 0, else ``-1``) or
+    ``(f_y - max_{j != y} f_j) / (c L)``; misclassified samples then get radius 0, or
+    their (negative) signed value when ``negative=True``: ``-r`` means the sample stays
+    misclassified in the L2 ball of radius ``r``.
+
+    Args:
+        logits: model outputs, ``(n,)`` or ``(n, 1)`` (binary) or ``(n, n_classes)``.
+        labels: None, or class ids ``(n,)`` / ``(n, 1)`` or one-hot ``(n, n_classes)``
+            (class = argmax), or binary labels in {0, 1} / {-1, +1}.
+        lip_const: Lipschitz constant ``L`` of the network (> 0).
+        disjoint_neurons: True when each output is ``L``-Lipschitz on its own (``2 L``,
+            valid for every ``L``-Lipschitz network); False when the output vector is
+            ``L``-Lipschitz as a whole (``sqrt(2) L``, e.g. a last `SpectralDense`).
+            Binary outputs have one neuron: both settings give ``|f| / L``.
+        negative: with labels, return the signed radius instead of clipping it at 0.
+
+    Returns:
+        ``(n,)`` numpy array of radii, in the floating dtype of ``logits``.
+
+    Raises:
+        ValueError: for logits or labels of the wrong shape, class ids out of range,
+            ``lip_const <= 0``, or ``negative=True`` without labels.
+        TypeError: ``disjoint_neurons`` or ``negative`` not a bool.
+    """
+    lip_const = _check_lip_const(lip_const)
+    _check_bool("disjoint_neurons", disjoint_neurons)
+    _check_bool("negative", negative)
+    logits = ops.convert_to_tensor(logits)
+    if not keras.backend.is_float_dtype(logits.dtype):
+        logits = ops.cast(logits, "float32")
+    shape = tuple(logits.shape)
+    factor = _radius_factor(shape, lip_const, disjoint_neurons)
+    if labels is None:
+        if negative:
+            raise ValueError("negative=True needs labels (the sign comes from the true class)")
+        if _is_binary(shape):
+            margin = ops.abs(ops.reshape(logits, (-1,)))
+        elif len(shape) == 2:
+            top2 = ops.top_k(logits, k=2, sorted=True)[0]
+            margin = top2[:, 0] - top2[:, 1]
+        else:
+            raise ValueError(
+                f"logits must have shape (n,), (n, 1) or (n, n_classes), received shape {shape}"
+            )
+    else:
+        targets = _class_targets(labels, shape)
+        margin = _signed_margin(logits, ops.convert_to_tensor(targets))
+        if not negative:
+            margin = ops.relu(margin)
+    return ops.convert_to_numpy(margin / factor)
+
+
+def certified_accuracy(
+    model,
+    x,
+    y=None,
+    epsilons: float | Iterable[float] = (36 / 255,),
+    lip_const: float = 1.0,
+    disjoint_neurons: bool = True,
+    batch_size: int = 256,
+) -> dict[float, float]:
+    """Certified accuracy of ``model`` at each L2 radius of ``epsilons``.
+
+    ``acc(eps) = mean_i [ r_i > eps ]`` with ``r_i`` the signed certified radius of sample
+    ``i`` for its true label (`certified_radius` with labels): the sample is correctly
+    classified and no L2 perturbation of norm ``<= eps`` changes its prediction.
+    The model runs in inference mode (``training=False``), batch by batch.
+
+    Args:
+        model: a callable Keras model returning logits.
+        x: inputs (array), or a batched `tf.data.Dataset` yielding ``(x, y)``.
+        y: labels (class ids, one-hot, or binary labels); None when ``x`` is a dataset.
+        epsilons: one radius or an iterable of radii (each finite, >= 0).
+        lip_const: Lipschitz constant of the model (> 0).
+        disjoint_neurons: see `certified_radius`.
+        batch_size: batch size for arrays (ignored for a dataset, which is batched).
+
+    Returns:
+        ``{eps: certified accuracy}`` with float keys, in the order of ``epsilons``.
+
+    Raises:
+        ValueError: for bad radii, mismatched ``x`` / ``y``, ``y`` given with a dataset,
+            or an empty input.
+    """
+    if isinstance(epsilons, numbers.Real):
+        epsilons = (epsilons,)
+    eps_list = [float(eps) for eps in epsilons]
+    if not eps_list or any(not math.isfinite(eps) or eps < 0 for eps in eps_list):
+        raise ValueError(f"epsilons must be one or more finite radii >= 0, received: {epsilons!r}")
+    batch_size = _check_batch_size(batch_size)
+    radii = []
+    for x_batch, y_batch in _batches(x, y, batch_size):
+        logits = model(x_batch, training=False)
+        radii.append(
+            certified_radius(
+                logits, y_batch, lip_const, disjoint_neurons=disjoint_neurons, negative=True
+            )
+        )
+    if not radii:
+        raise ValueError("certified_accuracy received no sample")
+    radii = np.concatenate(radii)
+    return {eps: float(np.mean(radii > eps)) for eps in eps_list}
