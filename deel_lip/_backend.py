@@ -6,7 +6,17 @@ import contextlib
 
 import tensorflow as tf
 
-__all__ = ["batch_jacobian", "eager_scope", "executing_eagerly", "vjp"]
+__all__ = [
+    "batch_jacobian",
+    "compile_function",
+    "cross_replica_sum",
+    "eager_scope",
+    "executing_eagerly",
+    "is_dataset",
+    "num_replicas_in_sync",
+    "value_and_input_gradient",
+    "vjp",
+]
 
 
 def executing_eagerly() -> bool:
@@ -57,3 +67,58 @@ def no_autocast():
     from keras.src.backend.common.variables import AutocastScope
 
     return AutocastScope(None)
+
+
+def value_and_input_gradient(fn, x, objective=None):
+    """``(fn(x), g)`` with ``g = d sum(objective(fn(x))) / dx`` (``objective`` defaults to
+    the identity).
+
+    With ``fn`` treating the samples of a batch independently (inference mode) and
+    ``objective`` giving one value per sample, ``g`` holds the per-sample input gradients.
+    """
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = fn(x)
+        target = value if objective is None else objective(value)
+    return value, tape.gradient(target, x)
+
+
+def compile_function(fn):
+    """``fn`` traced into a TensorFlow graph, retraced only for new input signatures.
+
+    Used by loops that call the same small computation many times (attack steps), where
+    eager dispatch would dominate the cost.
+    """
+    return tf.function(fn, reduce_retracing=True)
+
+
+def is_dataset(obj) -> bool:
+    """True for a `tf.data.Dataset`."""
+    return isinstance(obj, tf.data.Dataset)
+
+
+def num_replicas_in_sync() -> int:
+    """Number of replicas of the current ``tf.distribute`` strategy (1 without one).
+
+    This is the count Keras divides a ``"sum_over_batch_size"`` loss by
+    (``keras.losses.loss.scale_loss_for_distribution``).
+    """
+    return int(tf.distribute.get_strategy().num_replicas_in_sync)
+
+
+def cross_replica_sum(x):
+    """Sum of ``x`` over the replicas of a ``tf.distribute`` strategy.
+
+    Inside a replica context with several replicas (e.g. the train step of a model
+    under ``MirroredStrategy``), every replica receives the sum of the values of all
+    replicas. Outside a replica context, or with a single replica, ``x`` is returned
+    unchanged (it already covers the whole batch). The result carries no gradient.
+    """
+    x = tf.stop_gradient(tf.convert_to_tensor(x))
+    if tf.distribute.in_cross_replica_context():
+        return x
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return x
+    return tf.stop_gradient(context.all_reduce(tf.distribute.ReduceOp.SUM, x))

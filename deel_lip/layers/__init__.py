@@ -26,3 +26,31 @@ from deel_lip.layers.pooling import (
     ScaledL2NormPooling2D,
 )
 from deel_lip.layers.residual import BatchCentering, LayerCentering, LipResidual
+
+__all__ = [
+    "LipschitzLayer",
+    "Condensable",
+    "ConstrainedKernel",
+    "SpectralDense",
+    "FrobeniusDense",
+    "PadConv2D",
+    "SpectralConv2D",
+    "FrobeniusConv2D",
+    "SpectralConv1D",
+    "SpectralConv2DTranspose",
+    "GroupSort",
+    "GroupSort2",
+    "FullSort",
+    "MaxMin",
+    "Householder",
+    "PReLUlip",
+    "ScaledAveragePooling2D",
+    "ScaledL2NormPooling2D",
+    "ScaledGlobalAveragePooling2D",
+    "ScaledGlobalL2NormPooling2D",
+    "InvertibleDownSampling",
+    "InvertibleUpSampling",
+    "LipResidual",
+    "BatchCentering",
+    "LayerCentering",
+]

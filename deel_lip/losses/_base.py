@@ -1,0 +1,253 @@
+"""Shared machinery of the losses: hyper-parameter variables, label checks, KR weights.
+
+Every loss of `deel_lip.losses` is a `keras.losses.Loss` whose ``call`` returns one value
+per sample; Keras then applies ``sample_weight`` and the reduction. Hyper-parameters are
+non-trainable ``keras.Variable`` s, so assigning them (``loss.alpha = 0.5`` or
+`deel_lip.callbacks.LossParamScheduler`) reaches an already compiled train step.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+from deel_lip import _backend
+
+__all__: list[str] = []
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+
+
+def _as_float(name: str, value) -> float:
+    if isinstance(value, keras.Variable):
+        value = ops.convert_to_numpy(value)
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value.item()
+    if not _is_number(value) or math.isnan(value):
+        raise ValueError(f"{name} must be a number, received: {value!r}")
+    return float(value)
+
+
+def check_positive(name: str, value) -> float:
+    """A finite number > 0."""
+    value = _as_float(name, value)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number > 0, received: {value!r}")
+    return value
+
+
+def check_unit_interval(name: str, value) -> float:
+    """A number in ``[0, 1]``."""
+    value = _as_float(name, value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], received: {value!r}")
+    return value
+
+
+def check_alpha(name: str, value) -> float:
+    """The hinge weight ``alpha`` in ``[0, 1]``; legacy values > 1 are converted.
+
+    deel-lip < 1.5 weighted the terms as ``KR + alpha * hinge`` with ``alpha >= 0``. The
+    same minimiser is obtained with ``alpha / (1 + alpha)`` in ``(1 - alpha) KR + alpha
+    hinge`` (the loss is divided by ``1 + alpha``); ``inf`` (hinge only) becomes 1.
+    """
+    value = _as_float(name, value)
+    if value < 0:
+        raise ValueError(f"{name} must be in [0, 1] (or > 1, legacy), received: {value!r}")
+    if value > 1:
+        converted = 1.0 if math.isinf(value) else value / (1.0 + value)
+        warnings.warn(
+            f"{name}={value!r} > 1 follows the legacy convention 'KR + {name} * hinge'; "
+            f"using {name}={converted!r} in '(1 - {name}) * KR + {name} * hinge' (same "
+            f"minimiser, loss divided by 1 + {name}).",
+            UserWarning,
+            stacklevel=5,
+        )
+        value = converted
+    return value
+
+
+def float32_value(variable) -> float:
+    """The value of a float32 variable as the shortest Python float that round-trips."""
+    return float(str(np.float32(ops.convert_to_numpy(variable))))
+
+
+class HyperParameter:
+    """A loss hyper-parameter held in a non-trainable float32 ``keras.Variable``.
+
+    Reading the attribute returns the variable (so `LossParamScheduler` can ``assign``
+    it); setting it to a number checks the number and assigns it to the variable, so the
+    change reaches a compiled train step. ``check(name, value) -> float`` validates;
+    assigning the variable itself (as `LossParamScheduler` does) bypasses the check.
+    """
+
+    def __init__(self, check):
+        self.check = check
+
+    def __set_name__(self, owner, name):
+        self.name = name
+        self.slot = f"_hyper_{name}"
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        return instance.__dict__[self.slot]
+
+    def __set__(self, instance, value):
+        value = self.check(self.name, value)
+        variable = instance.__dict__.get(self.slot)
+        if variable is None:
+            instance.__dict__[self.slot] = keras.Variable(
+                value, dtype="float32", trainable=False, name=self.name
+            )
+        else:
+            variable.assign(value)
+
+
+class LipLoss(keras.losses.Loss):
+    """Base of the deel_lip losses: hyper-parameter variables and a complete config.
+
+    Subclasses declare their hyper-parameters as `HyperParameter` class attributes and
+    list them in ``_hyper_parameters`` (a tuple, in constructor order).
+    """
+
+    _hyper_parameters: tuple[str, ...] = ()
+
+    def __init__(self, reduction="sum_over_batch_size", name=None, dtype=None, **hyper):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self._dtype_argument = dtype
+        for key in self._hyper_parameters:
+            setattr(self, key, hyper.pop(key))
+        if hyper:
+            raise TypeError(f"unexpected arguments: {sorted(hyper)}")
+
+    def hyper(self, name: str, dtype):
+        """The current value of a hyper-parameter, cast to ``dtype``."""
+        return ops.cast(getattr(self, name), dtype)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        for key in self._hyper_parameters:
+            config[key] = float32_value(getattr(self, key))
+        dtype = self._dtype_argument
+        if dtype is not None and not isinstance(dtype, str):
+            dtype = keras.dtype_policies.serialize(dtype)
+        config["dtype"] = dtype
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
+
+
+# --------------------------------------------------------------------------------------
+# shapes and labels
+
+
+def _shape_error(loss: str, y_true, y_pred, requirement: str) -> ValueError:
+    return ValueError(
+        f"{loss}: {requirement}; received y_true.shape={tuple(y_true.shape)} "
+        f"and y_pred.shape={tuple(y_pred.shape)}"
+    )
+
+
+def match_shapes(loss: str, y_true, y_pred, rank2: bool = False):
+    """``(y_true, y_pred)`` with identical static shapes, or a ValueError naming both.
+
+    A prediction of shape ``(batch,)`` is read as ``(batch, 1)``, and labels of shape
+    ``(batch,)`` are accepted for predictions of shape ``(batch, 1)``. With ``rank2``
+    the predictions must be ``(batch, outputs)``.
+    """
+    if len(y_pred.shape) == 0:
+        raise _shape_error(loss, y_true, y_pred, "y_pred must have rank >= 1")
+    if len(y_pred.shape) == 1:
+        y_pred = ops.expand_dims(y_pred, -1)
+        if len(y_true.shape) == 1:
+            y_true = ops.expand_dims(y_true, -1)
+    if len(y_true.shape) == len(y_pred.shape) - 1 and y_pred.shape[-1] == 1:
+        y_true = ops.expand_dims(y_true, -1)
+    if len(y_true.shape) != len(y_pred.shape) or any(
+        a is not None and b is not None and a != b for a, b in zip(y_true.shape, y_pred.shape)
+    ):
+        raise _shape_error(loss, y_true, y_pred, "y_true must have the shape of y_pred")
+    if rank2 and len(y_pred.shape) != 2:
+        raise _shape_error(
+            loss, y_true, y_pred, "y_true and y_pred must have shape (batch, outputs)"
+        )
+    return y_true, y_pred
+
+
+def need_classes(loss: str, y_pred, minimum: int = 2) -> int:
+    """The static number of classes (last axis), at least ``minimum``."""
+    classes = y_pred.shape[-1]
+    if classes is None or classes < minimum:
+        raise ValueError(
+            f"{loss}: y_pred must have a known last axis of at least {minimum} classes, "
+            f"received y_pred.shape={tuple(y_pred.shape)}"
+        )
+    return int(classes)
+
+
+def check_sign_labels(loss: str, y_true, one_positive: bool = False) -> None:
+    """Labels in {0, 1} or in {-1, +1} (checked in eager mode only, where it is cheap).
+
+    With ``one_positive`` every row (last axis) must hold exactly one positive label.
+    """
+    if not _backend.executing_eagerly():
+        return
+    values = np.asarray(ops.convert_to_numpy(y_true))
+    present = set(np.unique(values).tolist())
+    if not (present <= {0.0, 1.0} or present <= {-1.0, 1.0}):
+        shown = sorted(present)[:6]
+        raise ValueError(
+            f"{loss}: y_true must hold labels in {{0, 1}} or in {{-1, +1}}, received "
+            f"values {shown} in y_true of shape {values.shape}"
+        )
+    if one_positive and values.size:
+        positives = np.sum(values > 0, axis=-1)
+        if np.any(positives != 1):
+            raise ValueError(
+                f"{loss}: every row of y_true must have exactly one positive (one-hot) "
+                f"label, received rows with {sorted(set(positives.ravel().tolist()))} "
+                f"positives in y_true of shape {values.shape}"
+            )
+
+
+def positives(y_true, dtype):
+    """1 where the label is positive (> 0), 0 elsewhere."""
+    return ops.cast(ops.greater(y_true, 0), dtype)
+
+
+def kr_values(y_true, y_pred):
+    """Per-sample values whose mean over the global batch is the mean class-wise KR term.
+
+    For each output ``k`` with positive samples ``P_k`` and negative samples ``N_k`` in
+    the global batch (all replicas of a ``tf.distribute`` strategy),
+    ``KR_k = mean_{P_k} f_k - mean_{N_k} f_k`` (a term whose class is absent is 0). The
+    value of sample ``i`` is ``n * mean_k f_ik w_ik`` with ``w_ik = 1/|P_k|`` if
+    ``i in P_k`` and ``-1/|N_k|`` otherwise, so that ``mean_i value_i = mean_k KR_k``.
+
+    ``n`` is the local batch size times the number of replicas: the size Keras divides
+    the local sum by under ``"sum_over_batch_size"``, so the replicas' losses add up to
+    the global one exactly. The class counts are summed across replicas.
+    """
+    pos = positives(y_true, y_pred.dtype)
+    local_batch = ops.cast(ops.shape(y_pred)[0], y_pred.dtype)
+    counts = ops.concatenate([ops.sum(pos, axis=0), ops.reshape(local_batch, (1,))])
+    counts = ops.cast(_backend.cross_replica_sum(counts), y_pred.dtype)
+    n_pos, n_all = counts[:-1], counts[-1]
+    n_neg = n_all - n_pos
+    inv_pos = ops.where(n_pos > 0, 1.0 / ops.maximum(n_pos, 1.0), 0.0)
+    inv_neg = ops.where(n_neg > 0, 1.0 / ops.maximum(n_neg, 1.0), 0.0)
+    weights = pos * inv_pos - (1.0 - pos) * inv_neg
+    scale = local_batch * _backend.num_replicas_in_sync()
+    return scale * ops.mean(y_pred * weights, axis=-1)

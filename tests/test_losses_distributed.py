@@ -1,0 +1,135 @@
+"""Batch-level losses under tf.distribute.MirroredStrategy equal the single-device loss.
+
+The KR term uses class means over the batch and MulticlassSoftHKR a running mean of
+``|f|``: computed per replica they would differ from the single-device values. The
+logical devices must be configured before TensorFlow initialises, hence the subprocess.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+_SCRIPT = textwrap.dedent(
+    """
+    import os, json
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+    import keras, numpy as np
+    from deel_lip import losses as L
+    from deel_lip.datasets import load_digits
+    from deel_lip.layers import SpectralDense
+
+    images, labels = load_digits()
+    # 64 real digits sorted by class: the two replicas see different classes
+    order = np.argsort(labels[:200], kind="stable")[::3][:64]
+    x = images[:200][order].reshape(64, -1)
+    y = keras.utils.to_categorical(labels[:200][order], 10).astype("float32")
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+
+    LOSSES = {
+        "MulticlassHKR": lambda: L.MulticlassHKR(alpha=0.5, min_margin=1.0),
+        "MulticlassKR": lambda: L.MulticlassKR(),
+        "MulticlassSoftHKR": lambda: L.MulticlassSoftHKR(
+            alpha=0.5, min_margin=0.1, alpha_mean=0.5, temperature=2.0
+        ),
+    }
+
+    def make_model():
+        keras.utils.set_random_seed(3)
+        return keras.Sequential([keras.Input((64,)), SpectralDense(16), SpectralDense(10)])
+
+    def value_and_grads(strategy, kind):
+        with strategy.scope():
+            model, loss = make_model(), LOSSES[kind]()
+        data = strategy.experimental_distribute_dataset(
+            tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+        )
+
+        @tf.function
+        def step(xb, yb):
+            def replica(xb, yb):
+                with tf.GradientTape() as tape:
+                    value = loss(yb, model(xb, training=True))
+                return value, tape.gradient(value, model.trainable_weights)
+
+            values, grads = strategy.run(replica, args=(xb, yb))
+            total = lambda t: strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None)
+            return total(values), [total(g) for g in grads]
+
+        for xb, yb in data:
+            value, grads = step(xb, yb)
+        config = loss.get_config()  # readable from mirrored variables
+        state = config and (
+            float(keras.ops.convert_to_numpy(loss.current_mean))
+            if hasattr(loss, "current_mean") else None
+        )
+        return float(value), [np.asarray(g) for g in grads], state
+
+    def weights_after_one_fit_step(strategy, kind):
+        with strategy.scope():
+            model = make_model()
+            model.compile(keras.optimizers.SGD(0.1), LOSSES[kind]())
+        model.fit(x, y, epochs=1, batch_size=64, verbose=0, shuffle=False)
+        return [np.asarray(w) for w in model.trainable_weights]
+
+    one = tf.distribute.OneDeviceStrategy(devices[0])
+    two = tf.distribute.MirroredStrategy(devices)
+    report = {"replicas": two.num_replicas_in_sync}
+    for kind in LOSSES:
+        v1, g1, s1 = value_and_grads(one, kind)
+        v2, g2, s2 = value_and_grads(two, kind)
+        # what each replica would compute on its half alone, averaged
+        model = make_model()
+        halves = [LOSSES[kind]() for _ in range(2)]
+        naive = np.mean(
+            [float(h(y[i:i + 32], model(x[i:i + 32]))) for h, i in zip(halves, (0, 32))]
+        )
+        naive_state = [float(h.current_mean) for h in halves] if s1 is not None else None
+        report[kind] = {
+            "value_one": v1, "value_two": v2, "naive": float(naive),
+            "state_one": s1, "state_two": s2, "naive_state": naive_state,
+            "grad_scale": max(float(np.abs(g).max()) for g in g1),
+            "grad_diff": max(float(np.abs(a - b).max()) for a, b in zip(g1, g2)),
+        }
+        if kind != "MulticlassKR":  # KR is covered by MulticlassHKR in a fit step
+            w1 = weights_after_one_fit_step(one, kind)
+            w2 = weights_after_one_fit_step(two, kind)
+            w0 = [np.asarray(w) for w in make_model().trainable_weights]
+            report[kind]["step_scale"] = max(float(np.abs(a - b).max()) for a, b in zip(w1, w0))
+            report[kind]["weight_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(w1, w2))
+    print(json.dumps(report))
+    """
+)
+
+
+def test_mirrored_strategy_two_cpus_matches_one_device():
+    result = subprocess.run(
+        [sys.executable, "-c", _SCRIPT],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report.pop("replicas") == 2
+    for kind, r in report.items():
+        # loss value and gradients of one step: the global batch over 2 replicas equals
+        # the single-device computation
+        assert abs(r["value_two"] - r["value_one"]) <= 1e-5 * max(1.0, abs(r["value_one"])), kind
+        assert r["grad_diff"] <= 1e-5 * r["grad_scale"], kind
+        # and so do the weights after one fit step (which moved them)
+        if "weight_diff" in r:
+            assert r["step_scale"] > 1e-3, kind
+            assert r["weight_diff"] <= 1e-5 * r["step_scale"], kind
+    # the data make the check discriminative: per-replica batch statistics would differ
+    assert abs(report["MulticlassKR"]["naive"] - report["MulticlassKR"]["value_one"]) > 1e-2
+    soft = report["MulticlassSoftHKR"]
+    assert abs(soft["state_two"] - soft["state_one"]) <= 1e-6
+    assert min(abs(s - soft["state_one"]) for s in soft["naive_state"]) > 1e-3
