@@ -1,7 +1,8 @@
 """deel_lip: 1-Lipschitz neural networks for Keras 3, certifiable and explainable.
 
 Submodules: `normalizers` (math), `layers`, `model` (`Sequential`, `Model`,
-`vanilla_export`), `constraints`, `initializers`, `regularizers`, `callbacks`, `utils`,
+`vanilla_export`), `losses`, `metrics`, `constraints`, `initializers`, `regularizers`,
+`callbacks`, `utils` (exact singular values), `robustness` (certificates and attacks),
 `datasets` (offline example data).
 """
 

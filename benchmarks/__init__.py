@@ -1,0 +1,1 @@
+"""Benchmarks of deel_lip against plain Keras (`make bench`)."""
