@@ -16,6 +16,8 @@ from collections.abc import Iterable
 import keras
 
 from deel_lip.layers.base import LipschitzLayer
+from deel_lip.layers.resampling import InvertibleDownSampling, InvertibleUpSampling
+from deel_lip.layers.residual import BatchCentering, LayerCentering, LipResidual
 from deel_lip.normalizers import check_k_coef_lip
 
 __all__ = ["Sequential", "Model", "vanilla_export", "condense"]
@@ -33,11 +35,20 @@ _ONE_LIPSCHITZ_KERAS_LAYERS = (
     keras.layers.ZeroPadding2D,
     keras.layers.Identity,
 )
+#: deel_lip layers without a Lipschitz constant argument that are 1-Lipschitz.
+_ONE_LIPSCHITZ_DEEL_LIP_LAYERS = (
+    InvertibleDownSampling,
+    InvertibleUpSampling,
+    LipResidual,
+    BatchCentering,
+    LayerCentering,
+)
 _ONE_LIPSCHITZ_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softsign", "relu6")
 
 
 def _is_known_lipschitz(layer) -> bool:
-    if isinstance(layer, (LipschitzLayer, *_ONE_LIPSCHITZ_KERAS_LAYERS)):
+    known = (LipschitzLayer, *_ONE_LIPSCHITZ_KERAS_LAYERS, *_ONE_LIPSCHITZ_DEEL_LIP_LAYERS)
+    if isinstance(layer, known):
         return True
     if isinstance(layer, keras.layers.Activation):
         name = keras.activations.serialize(layer.activation)

@@ -18,13 +18,12 @@ from deel_lip.layers.convolutional import (
 )
 from deel_lip.layers.dense import FrobeniusDense, SpectralDense
 from deel_lip.layers.pooling import (
-    InvertibleDownSampling,
-    InvertibleUpSampling,
     ScaledAveragePooling2D,
     ScaledGlobalAveragePooling2D,
     ScaledGlobalL2NormPooling2D,
     ScaledL2NormPooling2D,
 )
+from deel_lip.layers.resampling import InvertibleDownSampling, InvertibleUpSampling
 from deel_lip.layers.residual import BatchCentering, LayerCentering, LipResidual
 
 __all__ = [

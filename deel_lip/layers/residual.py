@@ -178,7 +178,7 @@ class BatchCentering(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         if training and self.trainable:
-            mean = ops.mean(ops.cast(inputs, "float32"), axis=self._reduction_axes)
+            mean = ops.mean(ops.cast(inputs, self.moving_mean.dtype), axis=self._reduction_axes)
             self.moving_mean.assign(self.momentum * self.moving_mean + (1.0 - self.momentum) * mean)
         else:
             mean = self.moving_mean
