@@ -82,9 +82,7 @@ def main(argv=None) -> dict:
         print(f"[bench] training {arch} ...", flush=True)
         row = run_training_benchmark(arch, **settings)
         if not args.quick:
-            memory = {
-                which: measure_in_subprocess(arch, which) for which in ("deel_lip", "plain")
-            }
+            memory = {which: measure_in_subprocess(arch, which) for which in ("deel_lip", "plain")}
             row["memory_kb"] = memory
             row["memory_ratio"] = memory["deel_lip"]["training_kb"] / max(
                 memory["plain"]["training_kb"], 1
