@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test lint docs demo bench clean
+.PHONY: install test lint docs demo bench results clean
 
 install: $(STAMP)
 
@@ -20,7 +20,7 @@ lint: install
 	$(BIN)/ruff format --check deel_lip tests benchmarks scripts
 
 docs: install
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test: lint docs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -30,6 +30,9 @@ demo: install
 
 bench: install
 	$(BIN)/python -m benchmarks.run
+
+results: install
+	$(BIN)/python scripts/loss_tradeoff.py
 
 clean:
 	rm -rf $(VENV) site build *.egg-info demo_output
