@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import tensorflow as tf
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "compile_function",
     "cross_replica_sum",
     "eager_scope",
+    "eager_value",
     "executing_eagerly",
     "is_dataset",
     "num_replicas_in_sync",
@@ -33,6 +35,19 @@ def eager_scope():
     if tf.executing_eagerly():
         return contextlib.nullcontext()
     return tf.init_scope()
+
+
+def eager_value(variable) -> np.ndarray | None:
+    """The variable's current value as a numpy array, read outside any traced function.
+
+    None when it has no value yet (a variable created while tracing a `tf.function` is
+    initialised only when that function first runs).
+    """
+    with eager_scope():
+        try:
+            return np.asarray(variable.numpy())
+        except (tf.errors.OpError, ValueError):
+            return None
 
 
 def batch_jacobian(fn, x):

@@ -127,6 +127,13 @@ def test_unbuilt_sequential_first_call_inside_fit_and_predict(digits):
             model.compile("adam", "mse")
             model.fit(flat, y, epochs=1, verbose=0)
         predicted = model.predict(flat, verbose=0)
+        # Inference reads the cache: it neither recomputes nor moves the layer state.
+        state = [np.array(v) for layer in model.layers for v in layer.non_trainable_variables]
+        again = model.predict(flat, verbose=0)
+        after = [np.array(v) for layer in model.layers for v in layer.non_trainable_variables]
+        for a, b in zip(state, after, strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(again, predicted)
         for layer in model.layers:
             sv = np.linalg.svd(
                 np.asarray(kernel_matrix(layer.constrained_kernel)), compute_uv=False

@@ -23,7 +23,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from deel_lip._backend import eager_scope, executing_eagerly, no_autocast
+from deel_lip._backend import eager_scope, eager_value, executing_eagerly, no_autocast
 from deel_lip.normalizers import check_k_coef_lip
 
 __all__ = ["LipschitzLayer", "Condensable", "ConstrainedKernel"]
@@ -113,7 +113,18 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
         kernel = getattr(self, "_kernel", None)
         return kernel if kernel is not None else self.kernel
 
+    def _expected_input_ndim(self) -> int | None:
+        """Exact input rank the layer accepts (None: any rank Keras accepts)."""
+        rank = getattr(self, "rank", None)
+        return None if rank is None else rank + 2
+
     def build(self, input_shape):
+        ndim = self._expected_input_ndim()
+        if ndim is not None and len(input_shape) != ndim:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' expects inputs of ndim={ndim} "
+                f"(batch, spatial axes, channels), received input_shape={tuple(input_shape)}"
+            )
         super().build(input_shape)
         self._lip_input_shape = tuple(input_shape)
         kernel = self._raw_kernel()
@@ -136,11 +147,22 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
             aggregation=_STATE_AGGREGATION,
         )
         self.built = True
-        # Built inside a traced function (e.g. an unbuilt Sequential's first `fit` step):
-        # the variables have no values yet, so the first call computes the cache in-graph.
+        # Built inside a traced function (e.g. an unbuilt Sequential's first `fit` step),
+        # the variables have no eager value yet: the cache is computed by the first call,
+        # and inference reads it once `_cache_holds_value` sees it filled.
         self._cache_ready = executing_eagerly()
         if self._cache_ready:
             self._refresh()
+
+    def _cache_holds_value(self) -> bool:
+        """Whether the cached kernel has been computed (checked eagerly, at trace time).
+
+        An uncomputed cache is all zeros (or has no value yet in the traced function that
+        created it); a computed one is zero only for a zero raw kernel, whose refresh is
+        zero too, so reading it then is exact as well.
+        """
+        value = eager_value(self.constrained_kernel)
+        return value is not None and value.size > 0 and bool(value.any())
 
     # ------------------------------------------------------------ computation
 
@@ -174,11 +196,18 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
                 self._refresh()
             self._cache_ready = True
 
+    def _inference_kernel(self):
+        """The kernel used with ``training=False``: the cache, computed once if needed."""
+        if not self._cache_ready:
+            self._cache_ready = self._cache_holds_value()
+        if self._cache_ready:
+            return self.constrained_kernel
+        # Traced before the cache existed: compute it at the first run of the function.
+        cache = self.constrained_kernel
+        return ops.cond(ops.any(ops.not_equal(cache, 0)), lambda: cache.value, self._refresh)
+
     def call(self, inputs, training=None):
-        if training or not self._cache_ready:
-            kernel = self._refresh()
-        else:
-            kernel = self.constrained_kernel
+        kernel = self._refresh() if training else self._inference_kernel()
         kernel = ops.cast(kernel, self.compute_dtype)
         outputs = self._linear(inputs, kernel)
         if self.use_bias:
