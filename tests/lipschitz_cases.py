@@ -94,7 +94,8 @@ def is_valid(kind: str, cfg: dict) -> bool:
 
     Excluded: a transposed convolution with "same" padding, an explicit output padding and
     an even kernel on a stride-1 axis, which TensorFlow's CPU kernel rejects at call time
-    (plain `keras.layers.Conv2DTranspose` too: AbortedError from oneDNN).
+    (plain `keras.layers.Conv2DTranspose` too: AbortedError from oneDNN), so the layer
+    refuses it at construction.
     """
     if kind == "SpectralConv2DTranspose" and cfg["padding"] == "same":
         if cfg["output_padding"] == "max" and any(

@@ -84,6 +84,15 @@ def test_bad_argument_raises_value_error_naming_it(cls, argument, value):
     assert str(value) in str(info.value)
 
 
+def test_transposed_conv_platform_limits_are_explicit():
+    # TensorFlow's CPU kernel rejects this output padding at call time: refuse it upfront.
+    with pytest.raises(ValueError, match="output_padding"):
+        SpectralConv2DTranspose(2, 2, strides=1, padding="same", output_padding=0)
+    SpectralConv2DTranspose(2, 3, strides=1, padding="same", output_padding=0)
+    with pytest.warns(UserWarning, match="smaller than strides"):
+        SpectralConv2DTranspose(2, 1, strides=2)
+
+
 TOO_FEW_DIMS = [(cls, INPUT_SHAPES[cls][1:]) for cls in BASE_ARGS]
 TOO_MANY_DIMS = [(cls, INPUT_SHAPES[cls][:1] + INPUT_SHAPES[cls]) for cls in CONVS]
 

@@ -9,6 +9,8 @@ normalised kernel by that factor, so the bound holds for every input the layer a
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 from keras import ops
 
@@ -424,6 +426,12 @@ class SpectralConv2DTranspose(SpectralKernel, keras.layers.Conv2DTranspose):
         dilation_rate: must be 1.
         k_coef_lip: as in `deel_lip.layers.SpectralDense` (likewise ``eps_spectral``,
             ``eps_bjorck``, ``beta_bjorck``, ``maxiter_spectral``, ``maxiter_bjorck``).
+
+    Platform limits (TensorFlow 2.20 CPU, oneDNN; plain `keras.layers.Conv2DTranspose`
+    alike): an explicit ``output_padding`` with "same" padding and an even kernel on a
+    stride-1 axis fails at call time, so it is rejected here; training a kernel smaller
+    than its stride can crash the process, so it warns (``TF_ENABLE_ONEDNN_OPTS=0``
+    avoids both).
     """
 
     def __init__(
@@ -483,6 +491,26 @@ class SpectralConv2DTranspose(SpectralKernel, keras.layers.Conv2DTranspose):
                 maxiter_bjorck=maxiter_bjorck,
             ),
         )
+        self._check_platform_limits()
+
+    def _check_platform_limits(self) -> None:
+        axes = list(zip(self.kernel_size, self.strides))
+        if self.padding == "same" and self.output_padding is not None:
+            if any(s == 1 and k % 2 == 0 for k, s in axes):
+                raise ValueError(
+                    "output_padding must be None for a SpectralConv2DTranspose with "
+                    "padding='same' and an even kernel on a stride-1 axis (TensorFlow's CPU "
+                    f"kernel rejects it), received output_padding={self.output_padding}, "
+                    f"kernel_size={self.kernel_size}, strides={self.strides}"
+                )
+        if any(k < s for k, s in axes):
+            warnings.warn(
+                f"SpectralConv2DTranspose '{self.name}': kernel_size={self.kernel_size} is "
+                f"smaller than strides={self.strides}; training it can crash TensorFlow 2.20's "
+                "oneDNN CPU kernels (set TF_ENABLE_ONEDNN_OPTS=0 before importing TensorFlow "
+                "to avoid them)",
+                stacklevel=3,
+            )
 
     def _linear(self, inputs, kernel):
         return ops.conv_transpose(
