@@ -4,6 +4,12 @@
   each followed by GroupSort2 and 2x2 L2-norm pooling, then Dense 64 + GroupSort2 and
   Dense 10. The plain twin uses Conv2D/Dense with ReLU and 2x2 max pooling.
 * ``wide``: the same with 64 and 128 channels on 32x32x3 inputs.
+
+Three builds of each: `lipschitz_model` (deel_lip), `plain_model` (what a Keras user
+trains without constraint: ReLU, max pooling, cross-entropy) and `unconstrained_model`
+(the deel_lip architecture with plain `Conv2D`/`Dense` kernels: the only difference with
+the deel_lip build is the constraint, so it measures the constraint's cost alone; its
+inference graph is the one `vanilla_export` produces).
 """
 
 from __future__ import annotations
@@ -58,3 +64,22 @@ def plain_model(arch: str, classes: int = 10) -> keras.Model:
         keras.layers.Dense(classes),
     ]
     return keras.Sequential(layers, name=f"plain_{arch}")
+
+
+def unconstrained_model(arch: str, classes: int = 10) -> keras.Model:
+    """The deel_lip architecture with unconstrained `Conv2D`/`Dense` kernels."""
+    spec = ARCHITECTURES[arch]
+    layers = [keras.Input(spec["input_shape"])]
+    for filters in spec["channels"]:
+        layers += [
+            keras.layers.Conv2D(filters, 3, padding="same"),
+            GroupSort2(),
+            ScaledL2NormPooling2D(2),
+        ]
+    layers += [
+        keras.layers.Flatten(),
+        keras.layers.Dense(spec["units"]),
+        GroupSort2(),
+        keras.layers.Dense(classes),
+    ]
+    return keras.Sequential(layers, name=f"unconstrained_{arch}")

@@ -1,10 +1,13 @@
 """Training, inference and memory measurements of a deel_lip model against its plain twin.
 
-Both models train in the same process on the same real images, with the same batch size,
-alternating one epoch each so that machine noise hits both alike. Reported per
+The three builds of `benchmarks.models` (deel_lip, plain Keras, unconstrained same-ops
+twin) train in the same process on the same real images, with the same batch size,
+alternating one epoch each so that machine noise hits them alike. Reported per
 architecture: median steady-state seconds per epoch (first epoch excluded: tracing and
-XLA compilation), their ratio, accuracy and certified accuracy after the fixed epochs,
-inference time of the exported model against the plain model, and peak training memory
+XLA compilation), the ratios deel_lip / plain and deel_lip / unconstrained, accuracy and
+certified accuracy after the fixed epochs,
+inference time of the exported model against the plain and unconstrained models (all
+compiled with XLA, over the train and test images), and peak training memory
 (measured in separate processes, see `benchmarks.memory`).
 """
 
@@ -17,7 +20,7 @@ import time
 import keras
 import numpy as np
 
-from benchmarks.models import ARCHITECTURES, lipschitz_model, plain_model
+from benchmarks.models import ARCHITECTURES, lipschitz_model, plain_model, unconstrained_model
 from deel_lip.datasets import load_mnist, train_test_split
 from deel_lip.model import vanilla_export
 
@@ -46,29 +49,57 @@ def lipschitz_loss():
     return MulticlassHKR(alpha=0.98, min_margin=0.1)
 
 
-def compiled_pair(arch: str, jit_compile=True):
-    """(deel_lip model, plain model), compiled with the same optimizer settings."""
-    lip = lipschitz_model(arch)
-    lip.compile(keras.optimizers.Adam(1e-3), lipschitz_loss(), jit_compile=jit_compile)
-    plain = plain_model(arch)
-    plain.compile(
-        keras.optimizers.Adam(1e-3),
-        keras.losses.CategoricalCrossentropy(from_logits=True),
-        jit_compile=jit_compile,
-    )
-    return lip, plain
+def compiled_models(arch: str, jit_compile=True) -> dict:
+    """``{"deel_lip", "plain", "unconstrained"}`` models, compiled with the same optimizer.
+
+    The deel_lip and unconstrained builds train with the library's hinge-KR loss, the plain
+    build with cross-entropy.
+    """
+    models = {
+        "deel_lip": (lipschitz_model(arch), lipschitz_loss()),
+        "plain": (plain_model(arch), keras.losses.CategoricalCrossentropy(from_logits=True)),
+        "unconstrained": (unconstrained_model(arch), lipschitz_loss()),
+    }
+    for model, loss in models.values():
+        model.compile(keras.optimizers.Adam(1e-3), loss, jit_compile=jit_compile)
+    return {name: model for name, (model, _) in models.items()}
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Wall time from the start to the end of the epoch, as seen by the callbacks."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds = time.perf_counter() - self.start
 
 
 def _timed_epoch(model, x, y, batch_size: int) -> float:
-    start = time.perf_counter()
-    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=True)
-    return time.perf_counter() - start
+    """Seconds of one training epoch, without `fit`'s set-up and tear-down.
+
+    `fit`'s tear-down sometimes waits up to ~2 s after the last step on this machine,
+    whatever the model (seen when several models alternate in one process): timing the
+    whole call would measure that, not training.
+    """
+    timer = _EpochTimer()
+    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=True, callbacks=[timer])
+    return timer.seconds
+
+
+class _PredictTimer(keras.callbacks.Callback):
+    def on_predict_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_predict_end(self, logs=None):
+        self.seconds = time.perf_counter() - self.start
 
 
 def _timed_predict(model, x, batch_size: int) -> float:
-    start = time.perf_counter()
-    model.predict(x, batch_size=batch_size, verbose=0)
-    return time.perf_counter() - start
+    """Seconds of one `predict` over ``x``, set-up and tear-down excluded likewise."""
+    timer = _PredictTimer()
+    model.predict(x, batch_size=batch_size, verbose=0, callbacks=[timer])
+    return timer.seconds
 
 
 def certified_accuracy(logits: np.ndarray, labels: np.ndarray, radius: float) -> float:
@@ -93,21 +124,29 @@ def run_training_benchmark(
     keras.utils.set_random_seed(0)
     x_train, y_train, x_test, y_test = benchmark_data(arch, n_train, n_test)
     y_train_1h = keras.utils.to_categorical(y_train, 10)
-    lip, plain = compiled_pair(arch, jit_compile)
-    times = {"deel_lip": [], "plain": []}
+    models = compiled_models(arch, jit_compile)
+    times = {name: [] for name in models}
     for epoch in range(epochs):
-        for name, model in (("plain", plain), ("deel_lip", lip)):
+        for name, model in models.items():
             seconds = _timed_epoch(model, x_train, y_train_1h, batch_size)
             if epoch > 0:
                 times[name].append(seconds)
+    lip = models["deel_lip"]
     exported = vanilla_export(lip)
-    inference = {"plain": [], "exported": [], "deel_lip": []}
+    # The export is returned uncompiled; compile it like the others (XLA) for inference.
+    exported.compile(jit_compile=jit_compile)
+    x_inference = np.concatenate([x_train, x_test])
+    predictors = {**models, "exported": exported}
+    for model in predictors.values():  # warm-up: tracing and compilation
+        _timed_predict(model, x_inference[:256], 256)
+    inference = {name: [] for name in predictors}
     for _ in range(inference_repeats):
-        for name, model in (("plain", plain), ("exported", exported), ("deel_lip", lip)):
-            inference[name].append(_timed_predict(model, x_test, 256))
-    lip_logits = np.asarray(lip.predict(x_test, verbose=0))
-    plain_logits = np.asarray(plain.predict(x_test, verbose=0))
-    export_diff = float(np.abs(np.asarray(exported.predict(x_test, verbose=0)) - lip_logits).max())
+        for name, model in predictors.items():
+            inference[name].append(_timed_predict(model, x_inference, 256))
+    logits = {name: np.asarray(model.predict(x_test, verbose=0)) for name, model in models.items()}
+    export_diff = float(
+        np.abs(np.asarray(exported.predict(x_test, verbose=0)) - logits["deel_lip"]).max()
+    )
     med = {name: statistics.median(values) for name, values in times.items()}
     inf = {name: statistics.median(values) for name, values in inference.items()}
     return {
@@ -119,15 +158,16 @@ def run_training_benchmark(
         "epoch_seconds": med,
         "epoch_seconds_all": times,
         "epoch_ratio": med["deel_lip"] / med["plain"],
+        "epoch_ratio_vs_unconstrained": med["deel_lip"] / med["unconstrained"],
         "inference_seconds": inf,
         "inference_ratio_exported_vs_plain": inf["exported"] / inf["plain"],
+        "inference_ratio_exported_vs_unconstrained": inf["exported"] / inf["unconstrained"],
         "inference_ratio_exported_vs_deel_lip": inf["exported"] / inf["deel_lip"],
         "accuracy": {
-            "deel_lip": float(np.mean(lip_logits.argmax(1) == y_test)),
-            "plain": float(np.mean(plain_logits.argmax(1) == y_test)),
+            name: float(np.mean(values.argmax(1) == y_test)) for name, values in logits.items()
         },
         "certified_accuracy": {
-            f"{radius:.3f}": certified_accuracy(lip_logits, y_test, radius)
+            f"{radius:.3f}": certified_accuracy(logits["deel_lip"], y_test, radius)
             for radius in CERTIFIED_RADII
         },
         "export_max_abs_diff": export_diff,
