@@ -9,6 +9,7 @@ appears, and `sweep` the full product of the geometric axes for the slow run.
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 
@@ -228,9 +229,13 @@ def make_layer(kind: str, cfg: dict, name: str | None = None):
     if kind == "SpectralConv2DTranspose":
         strides = _pair(cfg["strides"])
         output_padding = None if cfg["output_padding"] == "none" else [s - 1 for s in strides]
-        return SpectralConv2DTranspose(
-            c_out, **conv, output_padding=output_padding, **common, **_normalization_args(cfg)
-        )
+        with warnings.catch_warnings():
+            # kernels smaller than the stride warn (oneDNN training crash); they are
+            # checked here without training, see `is_trainable`
+            warnings.filterwarnings("ignore", message=".*smaller than strides")
+            return SpectralConv2DTranspose(
+                c_out, **conv, output_padding=output_padding, **common, **_normalization_args(cfg)
+            )
     raise ValueError(f"unknown layer kind {kind!r}")
 
 

@@ -155,6 +155,16 @@ def test_jit_compile_matches_eager_graph(digits):
     assert _max_diff(*results) <= 1e-4
 
 
+@pytest.mark.parametrize("policy", ["bfloat16", "float16"])
+def test_16_bit_variable_policies_are_refused(policy):
+    for layer in (
+        lambda: SpectralDense(3, dtype=policy),
+        lambda: SpectralConv2D(3, 3, dtype=policy),
+    ):
+        with pytest.raises(ValueError, match=f"mixed_bfloat16.*{policy}"):
+            layer()
+
+
 @pytest.mark.parametrize("policy", ["float32", "float64", "mixed_bfloat16"])
 def test_dtype_policies_train_and_keep_the_bound(policy, digits):
     x, y = _digits_data(digits, 128)

@@ -30,6 +30,8 @@ __all__ = ["LipschitzLayer", "Condensable", "ConstrainedKernel"]
 
 # Distributed training: every replica computes the same state, keep the first one.
 _STATE_AGGREGATION = "only_first_replica"
+# Variable dtypes whose rounding (1e-2 to 1e-3) would void the bound.
+_TOO_NARROW_DTYPES = ("float16", "bfloat16")
 
 
 class LipschitzLayer:
@@ -104,6 +106,13 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
 
     def _init_constraint(self, k_coef_lip: float = 1.0, **normalization_args) -> None:
         """Store the Lipschitz arguments; they all go to `get_config`."""
+        variable_dtype = keras.backend.standardize_dtype(self.dtype_policy.variable_dtype)
+        if variable_dtype in _TOO_NARROW_DTYPES:
+            raise ValueError(
+                f"{type(self).__name__} needs float32 or float64 variables (its normalisation "
+                f"is not exact in 16 bits): use a mixed policy such as 'mixed_bfloat16', "
+                f"received dtype policy {self.dtype_policy.name!r}"
+            )
         self._init_lipschitz(k_coef_lip)
         self._lipschitz_args = dict(normalization_args)
         for name, value in normalization_args.items():
