@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test lint docs demo bench results xai-results clean
+.PHONY: install test lint docs notebooks demo bench results xai-results clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ docs: install
 
 test: lint docs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --nbmake notebooks
+
+notebooks: install
+	$(BIN)/python -m pytest --nbmake notebooks
 
 demo: install
 	$(BIN)/python scripts/demo.py
