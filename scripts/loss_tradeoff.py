@@ -38,21 +38,15 @@ from pathlib import Path  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from mnist_cnn import lipschitz_cnn  # noqa: E402
 
 from deel_lip.datasets import load_mnist, train_test_split  # noqa: E402
-from deel_lip.layers import (  # noqa: E402
-    GroupSort2,
-    ScaledL2NormPooling2D,
-    SpectralConv2D,
-    SpectralDense,
-)
 from deel_lip.losses import (  # noqa: E402
     MulticlassHKR,
     MulticlassSoftHKR,
     TauCategoricalCrossentropy,
 )
 from deel_lip.metrics import CategoricalProvableRobustAccuracy  # noqa: E402
-from deel_lip.model import Sequential  # noqa: E402
 from deel_lip.robustness import certified_accuracy, check_certificates  # noqa: E402
 
 SEED = 0
@@ -79,31 +73,11 @@ LOSSES = (
 )
 
 
-def build_model() -> Sequential:
-    """28x28x1 -> 10 logits, 1-Lipschitz in L2 as a whole (last layer `SpectralDense`)."""
-    return Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            SpectralConv2D(16, 3),
-            GroupSort2(),
-            ScaledL2NormPooling2D(2),
-            SpectralConv2D(32, 3),
-            GroupSort2(),
-            ScaledL2NormPooling2D(2),
-            keras.layers.Flatten(),
-            SpectralDense(64),
-            GroupSort2(),
-            SpectralDense(10),
-        ],
-        name="lipschitz_cnn",
-    )
-
-
 def run_one(name: str, make_loss, data, epochs: int) -> dict:
     """Train one model with one loss, then certify and attack it."""
     x_train, y_train, x_test, y_test = data
     keras.utils.set_random_seed(SEED)
-    model = build_model()
+    model = lipschitz_cnn()
     model.compile(
         optimizer=keras.optimizers.Adam(LEARNING_RATE),
         loss=make_loss(),

@@ -39,17 +39,11 @@ from pathlib import Path  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from mnist_cnn import lipschitz_cnn  # noqa: E402
 from xplique.metrics import AverageStability  # noqa: E402
 
 from deel_lip.datasets import load_mnist, train_test_split  # noqa: E402
-from deel_lip.layers import (  # noqa: E402
-    GroupSort2,
-    ScaledL2NormPooling2D,
-    SpectralConv2D,
-    SpectralDense,
-)
 from deel_lip.losses import MulticlassHKR  # noqa: E402
-from deel_lip.model import Sequential  # noqa: E402
 from deel_lip.robustness import certified_radius  # noqa: E402
 from deel_lip.xai import (  # noqa: E402
     evaluate_attributions,
@@ -85,26 +79,6 @@ BETTER_HIGH = {
 OUT = Path("docs/results")
 
 
-def build_otnn() -> Sequential:
-    """28x28x1 -> 10 logits, 1-Lipschitz in L2 (the demo's network)."""
-    return Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            SpectralConv2D(16, 3),
-            GroupSort2(),
-            ScaledL2NormPooling2D(2),
-            SpectralConv2D(32, 3),
-            GroupSort2(),
-            ScaledL2NormPooling2D(2),
-            keras.layers.Flatten(),
-            SpectralDense(64),
-            GroupSort2(),
-            SpectralDense(10),
-        ],
-        name="otnn",
-    )
-
-
 def build_cnn() -> keras.Sequential:
     """The same layout without constraints: ReLU, max pooling, plain Conv2D / Dense."""
     return keras.Sequential(
@@ -128,7 +102,7 @@ def accuracy(model, x, y) -> float:
 
 def train_models(x_train, y_train, x_test, y_test):
     one_hot = keras.utils.to_categorical(y_train, 10)
-    otnn = build_otnn()
+    otnn = lipschitz_cnn("otnn")
     otnn.compile(keras.optimizers.Adam(2e-3), MulticlassHKR(alpha=0.98, min_margin=1.0))
     otnn.fit(x_train, one_hot, batch_size=BATCH_SIZE, epochs=OTNN_EPOCHS, verbose=2)
     otnn_acc = accuracy(otnn, x_test, y_test)

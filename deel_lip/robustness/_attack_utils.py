@@ -51,13 +51,11 @@ def _check_positive_float(name: str, value, allow_none: bool = False) -> float |
     return float(value)
 
 
-def _check_inputs(x, y, clip_min, clip_max) -> np.ndarray:
+def _check_batch_in_range(x, clip_min, clip_max) -> np.ndarray:
+    """``x`` as a float32 batch ``(n, ...)``, checked to lie in ``[clip_min, clip_max]``."""
     x = np.asarray(ops.convert_to_numpy(x), dtype="float32")
     if x.ndim < 2 or len(x) == 0:
         raise ValueError(f"x must be a non-empty batch (n, ...), received shape {x.shape}")
-    if y is None or len(y) != len(x):
-        received = None if y is None else len(y)
-        raise ValueError(f"y must have one label per input ({len(x)}), received: {received}")
     for name, bound in (("clip_min", clip_min), ("clip_max", clip_max)):
         if bound is not None and (isinstance(bound, bool) or not isinstance(bound, numbers.Real)):
             raise TypeError(f"{name} must be a number or None, received: {bound!r}")
@@ -70,6 +68,15 @@ def _check_inputs(x, y, clip_min, clip_max) -> np.ndarray:
             f"x must lie in [clip_min, clip_max] = [{clip_min}, {clip_max}], received values "
             f"in [{x.min()}, {x.max()}]"
         )
+    return x
+
+
+def _check_inputs(x, y, clip_min, clip_max) -> np.ndarray:
+    """`_check_batch_in_range`, and one label of ``y`` per input."""
+    x = _check_batch_in_range(x, clip_min, clip_max)
+    if y is None or len(y) != len(x):
+        received = None if y is None else len(y)
+        raise ValueError(f"y must have one label per input ({len(x)}), received: {received}")
     return x
 
 

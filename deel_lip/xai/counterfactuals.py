@@ -33,6 +33,7 @@ from keras import ops
 from deel_lip.metrics import _certificate_factor, _check_bool, _check_lip_const
 from deel_lip.robustness._attack_utils import (
     _TINY,
+    _check_batch_in_range,
     _check_positive_float,
     _check_positive_int,
     _clip,
@@ -93,25 +94,6 @@ class CounterfactualResult:
 
 
 # ------------------------------------------------------------------ argument checks
-
-
-def _check_x(x, clip_min, clip_max) -> np.ndarray:
-    x = np.asarray(ops.convert_to_numpy(x), dtype="float32")
-    if x.ndim < 2 or len(x) == 0:
-        raise ValueError(f"x must be a non-empty batch (n, ...), received shape {x.shape}")
-    for name, bound in (("clip_min", clip_min), ("clip_max", clip_max)):
-        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, numbers.Real)):
-            raise TypeError(f"{name} must be a number or None, received: {bound!r}")
-    if clip_min is not None and clip_max is not None and clip_min >= clip_max:
-        raise ValueError(f"clip_min must be < clip_max, received: {clip_min!r}, {clip_max!r}")
-    if (clip_min is not None and x.min() < clip_min) or (
-        clip_max is not None and x.max() > clip_max
-    ):
-        raise ValueError(
-            f"x must lie in [clip_min, clip_max] = [{clip_min}, {clip_max}], received values "
-            f"in [{x.min()}, {x.max()}]"
-        )
-    return x
 
 
 def _source_and_target(logits: np.ndarray, y, target) -> tuple[np.ndarray, np.ndarray]:
@@ -263,7 +245,7 @@ def transport_counterfactual(
         Serrurier et al., "On the explainable properties of 1-Lipschitz neural networks: an
         optimal transport perspective", NeurIPS 2023.
     """
-    x = _check_x(x, clip_min, clip_max)
+    x = _check_batch_in_range(x, clip_min, clip_max)
     step_size = _check_positive_float("step_size", step_size)
     max_steps = _check_positive_int("max_steps", max_steps)
     if isinstance(overshoot, bool) or not isinstance(overshoot, numbers.Real):
@@ -363,7 +345,7 @@ def boundary_point(
         )
     elif not isinstance(result, CounterfactualResult):
         raise TypeError(f"result must be a CounterfactualResult or None, received: {result!r}")
-    x = _check_x(x, None, None)
+    x = _check_batch_in_range(x, None, None)
     if len(result) != len(x) or result.counterfactuals.shape != x.shape:
         raise ValueError(
             f"result must hold one counterfactual per input of shape {x.shape}, received "
