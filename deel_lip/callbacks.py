@@ -264,7 +264,9 @@ class LossParamScheduler(keras.callbacks.Callback):
     Raises:
         ValueError: for a bad ``param_name``, ``xp`` and ``fp`` of different or zero
             lengths, non-finite values, ``xp`` not increasing, a negative ``step``; at the
-            start of training, if the model's loss has no attribute ``param_name``.
+            start of training, if the model's loss has no attribute ``param_name``, or if
+            a value of ``fp`` is out of the range the deel_lip loss accepts for it
+            (e.g. ``alpha`` outside ``[0, 1]``).
     """
 
     def __init__(self, param_name: str, fp: Sequence[float], xp: Sequence[float], step: int = 0):
@@ -293,7 +295,24 @@ class LossParamScheduler(keras.callbacks.Callback):
         return float(np.interp(step, self.xp, self.fp))
 
     def on_train_begin(self, logs=None):
+        from deel_lip.losses._base import HyperParameter
+
         loss = _loss_of(self.model, self.param_name, "LossParamScheduler")
+        descriptor = getattr(type(loss), self.param_name, None)
+        if isinstance(descriptor, HyperParameter):
+            # The schedule assigns the variable directly: check its values now, as the
+            # loss's constructor would (every check is an interval, so the interpolated
+            # values between checked ones are valid too).
+            for value in self.fp:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    checked = descriptor.check(self.param_name, value)
+                if checked != value:
+                    raise ValueError(
+                        f"LossParamScheduler assigns {self.param_name!r} as given, but "
+                        f"{self.param_name}={value!r} is outside the range the loss accepts "
+                        f"as is (its constructor would read it as {checked!r})"
+                    )
         current = getattr(loss, self.param_name)
         if not isinstance(current, keras.Variable) and not self.model.run_eagerly:
             warnings.warn(

@@ -280,6 +280,28 @@ def test_scheduler_plain_attribute(digits):
         compiled.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[scheduler])
 
 
+@pytest.mark.parametrize(
+    ("param", "fp", "match"),
+    [
+        ("alpha", [0.5, 1.5], "alpha=1.5 is outside"),
+        ("alpha", [-0.1, 0.5], "alpha must be in"),
+        ("min_margin", [1.0, 0.0], "min_margin"),
+    ],
+)
+def test_scheduler_checks_values_of_deel_lip_losses(digits, param, fp, match):
+    from deel_lip.losses import MulticlassHKR
+
+    x, _ = _flat(digits, 32)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(2)])
+    model.compile("sgd", MulticlassHKR(alpha=0.9, min_margin=1.0))
+    y = keras.utils.to_categorical(np.arange(32) % 2, 2)
+    scheduler = LossParamScheduler(param, fp=fp, xp=[0, 4])
+    with pytest.raises(ValueError, match=match):
+        model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[scheduler])
+    # nothing was assigned
+    assert (float(model.loss.alpha), float(model.loss.min_margin)) == pytest.approx((0.9, 1.0))
+
+
 def test_loss_param_log(digits, capsys):
     x, _ = _flat(digits, 64)
     y = np.ones((64, 1), "float32")
