@@ -50,7 +50,8 @@ class MulticlassSoftHKR(LipLoss):
     The effective temperature adapts to the scale of the logits: a running mean
     ``mu <- clip(alpha_mean * mu + (1 - alpha_mean) * mean|f|, 0.005, 1000)`` (``mu``
     starts at ``min_margin``; ``mean|f|`` over the global batch under a distribution
-    strategy) is updated at every call, and
+    strategy) is updated at every call (validation and `evaluate` included, as in deel-lip:
+    a Keras loss cannot tell training from evaluation), and
     ``T = clip(temperature * m / max(mu, m), 0.005, 250)``. With ``alpha_mean = 1`` the
     running mean stays at ``m`` and ``T = temperature``. A larger ``temperature`` puts
     more weight on the highest wrong logit (the nearest other class). The gradient flows
