@@ -104,8 +104,9 @@ def _window_sums(layer, x):
     axes = _spatial_axes(layer.data_format)
     shape = tuple(x.shape)
     sizes = [shape[axis] for axis in axes]
-    if tuple(layer.strides) != tuple(layer.pool_size) or any(n is None for n in sizes + [shape[0]]):
+    if tuple(layer.strides) != tuple(layer.pool_size) or None in sizes:
         return keras.layers.AveragePooling2D.call(layer, x) * math.prod(layer.pool_size)
+    shape = (-1 if shape[0] is None else shape[0],) + shape[1:]
     (ph, pw), (h, w) = layer.pool_size, sizes
     rows, cols = h // ph, w // pw
     if axes == (1, 2):
