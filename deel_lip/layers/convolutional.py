@@ -162,11 +162,68 @@ class PadConv2D(keras.layers.Conv2D):
         return self._build_shapes_dict["input_shape"]
 
 
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "same" padding of one axis: ``(before, after)``."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _stride_sized_kernel(inputs, kernel, strides, data_format):
+    """Inputs and kernel of an equal "valid" convolution whose kernel is >= the stride.
+
+    Along an axis where the kernel ``k`` is smaller than the stride ``s``, the kernel gets
+    ``s - k`` trailing zero taps and the input ``s - k`` trailing zeros: every output
+    ``sum_{t < k} w_t x_{i s + t}`` and the output size ``floor((n - k) / s) + 1`` stay the
+    same. TensorFlow 2.20's oneDNN CPU kernels can corrupt memory when they differentiate
+    a convolution whose kernel is smaller than its stride (plain `keras.layers.Conv2D`
+    too); this form never reaches that case.
+    """
+    rank = len(strides)
+    first = 1 if data_format == "channels_last" else 2
+    kernel_pad = [(0, max(s - k, 0)) for k, s in zip(kernel.shape[:rank], strides)]
+    input_pad = [(0, 0)] * len(inputs.shape)
+    for axis, pad in enumerate(kernel_pad):
+        input_pad[first + axis] = pad
+    return ops.pad(inputs, input_pad), ops.pad(kernel, kernel_pad + [(0, 0), (0, 0)])
+
+
 class _ConvKernel:
     """What a constrained convolution declares: its linear map, factor and export."""
 
     def _linear(self, inputs, kernel):
-        return self.convolution_op(inputs, kernel)
+        small_kernel = any(k < s for k, s in zip(self.kernel_size, self.strides))
+        if not small_kernel and self.padding != "causal":
+            return self.convolution_op(inputs, kernel)
+        padded = self._explicitly_padded(inputs)
+        if padded is None:  # "same" padding of an unknown spatial size
+            return self.convolution_op(inputs, kernel)
+        if small_kernel:
+            padded, kernel = _stride_sized_kernel(padded, kernel, self.strides, self.data_format)
+        return ops.conv(
+            padded,
+            kernel,
+            strides=list(self.strides),
+            padding="valid",
+            data_format=self.data_format,
+        )
+
+    def _explicitly_padded(self, inputs):
+        """The inputs padded so that a "valid" convolution gives the layer's output."""
+        mode = getattr(self, "pad_mode", self.padding)
+        if mode == "valid":
+            return inputs
+        if mode == "causal":
+            return ops.pad(inputs, self._compute_causal_padding())
+        if mode != "same":
+            return self._pad(inputs)
+        first = 1 if self.data_format == "channels_last" else 2
+        pads = [(0, 0)] * len(inputs.shape)
+        for axis, (k, s) in enumerate(zip(self.kernel_size, self.strides)):
+            size = inputs.shape[first + axis]
+            if size is None:
+                return None
+            pads[first + axis] = _same_padding(size, k, s)
+        return ops.pad(inputs, pads)
 
     def _lipschitz_factor(self):
         padding = getattr(self, "pad_mode", self.padding)
@@ -393,19 +450,6 @@ class SpectralConv1D(_ConvKernel, SpectralKernel, keras.layers.Conv1D):
             ),
         )
 
-    def _linear(self, inputs, kernel):
-        if self.padding != "causal":
-            return self.convolution_op(inputs, kernel)
-        inputs = ops.pad(inputs, self._compute_causal_padding())
-        return ops.conv(
-            inputs,
-            kernel,
-            strides=list(self.strides),
-            padding="valid",
-            dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
-        )
-
     def _export_class(self):
         return keras.layers.Conv1D
 
@@ -431,7 +475,8 @@ class SpectralConv2DTranspose(SpectralKernel, keras.layers.Conv2DTranspose):
     alike): an explicit ``output_padding`` with "same" padding and an even kernel on a
     stride-1 axis fails at call time, so it is rejected here; training a kernel smaller
     than its stride can crash the process, so it warns (``TF_ENABLE_ONEDNN_OPTS=0``
-    avoids both).
+    avoids both). The forward convolutions avoid the second case themselves (see
+    `_stride_sized_kernel`).
     """
 
     def __init__(
