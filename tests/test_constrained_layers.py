@@ -84,6 +84,40 @@ def test_bad_argument_raises_value_error_naming_it(cls, argument, value):
     assert str(value) in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("cls", "kernel_size", "strides", "padding"),
+    [
+        (SpectralConv2D, 1, 2, "same"),
+        (SpectralConv2D, (1, 3), (2, 1), "valid"),
+        (FrobeniusConv2D, 1, (2, 1), "circular"),
+        (FrobeniusConv2D, 2, 3, "same"),
+        (SpectralConv1D, 1, 3, "causal"),
+        (SpectralConv1D, 2, 3, "same"),
+    ],
+)
+def test_kernel_smaller_than_stride_is_the_same_convolution_and_trains(
+    cls, kernel_size, strides, padding
+):
+    layer = cls(3, kernel_size, strides=strides, padding=padding, use_bias=False)
+    spatial = (9, 8) if cls is not SpectralConv1D else (9,)
+    x = np.random.default_rng(0).normal(size=(4,) + spatial + (2,)).astype("float32")
+    out = layer(x)
+    if padding in ("same", "valid"):
+        reference = ops.conv(x, layer.constrained_kernel, strides=strides, padding=padding)
+    elif padding == "causal":
+        reference = ops.conv(
+            ops.pad(x, layer._compute_causal_padding()), layer.constrained_kernel, strides=strides
+        )
+    else:
+        reference = ops.conv(layer._pad(x), layer.constrained_kernel, strides=strides)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(reference))
+    # Differentiating the plain strided convolution crashes oneDNN now and then: train.
+    model = keras.Sequential([keras.Input(x.shape[1:]), layer, keras.layers.Flatten()])
+    model.compile("adam", "mse")
+    target = np.zeros((4,) + model.output_shape[1:], "float32")
+    model.fit(np.repeat(x, 16, axis=0), np.repeat(target, 16, axis=0), epochs=3, verbose=0)
+
+
 def test_transposed_conv_platform_limits_are_explicit():
     # TensorFlow's CPU kernel rejects this output padding at call time: refuse it upfront.
     with pytest.raises(ValueError, match="output_padding"):

@@ -178,13 +178,17 @@ def _stride_sized_kernel(inputs, kernel, strides, data_format):
     a convolution whose kernel is smaller than its stride (plain `keras.layers.Conv2D`
     too); this form never reaches that case.
     """
-    rank = len(strides)
     first = 1 if data_format == "channels_last" else 2
-    kernel_pad = [(0, max(s - k, 0)) for k, s in zip(kernel.shape[:rank], strides)]
     input_pad = [(0, 0)] * len(inputs.shape)
-    for axis, pad in enumerate(kernel_pad):
-        input_pad[first + axis] = pad
-    return ops.pad(inputs, input_pad), ops.pad(kernel, kernel_pad + [(0, 0), (0, 0)])
+    for axis, (k, s) in enumerate(zip(kernel.shape[: len(strides)], strides)):
+        if k < s:
+            input_pad[first + axis] = (0, s - k)
+            # zeros concatenated rather than `pad`: oneDNN's graph rewrite of a padded
+            # convolution kernel fails ("Could not find input edge 1")
+            zeros_shape = list(kernel.shape)
+            zeros_shape[axis] = s - k
+            kernel = ops.concatenate([kernel, ops.zeros(zeros_shape, kernel.dtype)], axis=axis)
+    return ops.pad(inputs, input_pad), kernel
 
 
 class _ConvKernel:
