@@ -42,22 +42,26 @@ ATTRIBUTION_METHODS = (
     "HsicAttributionMethod",
 )
 
-#: Xplique metrics supported by `deel_lip.xai.evaluate_attributions` (``ReCo`` is the
-#: second value of Xplique's ``MeGe`` metric).
-METRICS = (
+#: Metrics grouped by how they are called: on (inputs, targets) and explanations; on the
+#: explanations alone; on an attribution method (randomisation checks).
+EXPLANATION_METRICS = (
     "Deletion",
     "Insertion",
     "MuFidelity",
     "AverageDropMetric",
     "AverageIncreaseMetric",
     "AverageGainMetric",
-    "AverageStability",
-    "MeGe",
-    "ReCo",
-    "Sparseness",
-    "Complexity",
-    "RandomLogitMetric",
-    "ModelRandomizationMetric",
+)
+COMPLEXITY_METRICS = ("Sparseness", "Complexity")
+RANDOMIZATION_METRICS = ("RandomLogitMetric", "ModelRandomizationMetric")
+
+#: Xplique metrics supported by `deel_lip.xai.evaluate_attributions` (``ReCo`` is the
+#: second value of Xplique's ``MeGe`` metric).
+METRICS = (
+    EXPLANATION_METRICS
+    + ("AverageStability", "MeGe", "ReCo")
+    + COMPLEXITY_METRICS
+    + RANDOMIZATION_METRICS
 )
 
 

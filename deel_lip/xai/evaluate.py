@@ -15,23 +15,19 @@ import keras
 import numpy as np
 import tensorflow as tf  # Xplique draws from TensorFlow's global random stream
 
-from deel_lip.xai._xplique import attribution_class, metric_class, require_xplique
+from deel_lip.xai._xplique import (
+    COMPLEXITY_METRICS,
+    EXPLANATION_METRICS,
+    RANDOMIZATION_METRICS,
+    attribution_class,
+    metric_class,
+    require_xplique,
+)
 from deel_lip.xai.explain import explainer
 from deel_lip.xai.models import logits_model
 from deel_lip.xai.targets import targets_from_labels
 
 __all__ = ["evaluate_attributions", "seeded"]
-
-_EXPLANATION_METRICS = (
-    "Deletion",
-    "Insertion",
-    "MuFidelity",
-    "AverageDropMetric",
-    "AverageIncreaseMetric",
-    "AverageGainMetric",
-)
-_COMPLEXITY_METRICS = ("Sparseness", "Complexity")
-_RANDOMIZATION_METRICS = ("RandomLogitMetric", "ModelRandomizationMetric")
 
 
 def _check_seed(seed) -> int:
@@ -117,9 +113,9 @@ class _MetricRunner:
             learn = _quiet(self.learning_algorithm)
             return self.metrics.MeGe(learn, self.inputs, self.targets, **kwargs)
         cls = metric_class(name)
-        if name in _COMPLEXITY_METRICS:
+        if name in COMPLEXITY_METRICS:
             return cls(**kwargs)
-        if name in _RANDOMIZATION_METRICS:
+        if name in RANDOMIZATION_METRICS:
             kwargs.setdefault("seed", self.seed)
         if name == "ModelRandomizationMetric" and "randomization_strategy" not in kwargs:
             layers = max(1, int(0.25 * _weighted_layers(self.view)))
@@ -136,11 +132,11 @@ class _MetricRunner:
     def evaluate(self, name, method_cls, method_kwargs, explain, explanations) -> float:
         metric = self.metric(name)
         with seeded(self.seed):
-            if name in _EXPLANATION_METRICS or name in _COMPLEXITY_METRICS:
+            if name in EXPLANATION_METRICS or name in COMPLEXITY_METRICS:
                 return float(metric.evaluate(explanations))
             if name == "AverageStability":
                 return float(metric.evaluate(explain, base_explanations=explanations))
-            if name in _RANDOMIZATION_METRICS:
+            if name in RANDOMIZATION_METRICS:
                 return float(metric.evaluate(explain))
             if method_cls not in self._mege_values:
                 factory = functools.partial(explainer, method_cls)
