@@ -14,6 +14,7 @@ weight vectors of the output units.
 from __future__ import annotations
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -25,6 +26,7 @@ from deel_lip.normalizers import (
     DEFAULT_EPS_SPECTRAL,
     DEFAULT_MAXITER_BJORCK,
     DEFAULT_MAXITER_SPECTRAL,
+    _start_vector,  # noqa: F401 (imported from here by deel_lip.initializers)
     check_normalization_args,
     frobenius_normalization,
     reshaped_kernel_orthogonalization,
@@ -44,14 +46,10 @@ def _check_positive(name: str, value) -> None:
         raise ValueError(f"{name} must be a finite number > 0, received: {value!r}")
 
 
-def _start_vector(size: int, dtype="float32"):
-    """Fixed ``(1, size)`` unit start vector for a power iteration without persisted state.
-
-    Drawn once from a seeded generator, so every call gives the same vector (deterministic
-    results) and the vector is almost surely not orthogonal to the top singular vector.
-    """
-    vector = np.random.default_rng(0).standard_normal((1, int(size)))
-    return ops.convert_to_tensor(vector / np.linalg.norm(vector), dtype=dtype)
+def _deprecated_alias(cls: str, old: str, new: str) -> None:
+    warnings.warn(
+        f"{cls}({old}=...) is deel-lip's spelling: use {new}=...", DeprecationWarning, stacklevel=3
+    )
 
 
 @keras.saving.register_keras_serializable("deel_lip")
@@ -62,13 +60,16 @@ class WeightClipConstraint(keras.constraints.Constraint):
     ``c_val * sqrt(n)``.
 
     Args:
-        c_val: clipping bound (> 0).
+        c_val: clipping bound (> 0); ``c=`` is deel-lip's spelling (deprecated).
 
     Raises:
         ValueError: if ``c_val`` is not a finite number > 0.
     """
 
-    def __init__(self, c_val: float = 2):
+    def __init__(self, c_val: float = 2, *, c: float | None = None):
+        if c is not None:
+            _deprecated_alias("WeightClipConstraint", "c", "c_val")
+            c_val = c
         _check_positive("c_val", c_val)
         self.c_val = c_val
 
@@ -81,15 +82,16 @@ class WeightClipConstraint(keras.constraints.Constraint):
 
 @keras.saving.register_keras_serializable("deel_lip")
 class AutoWeightClipConstraint(keras.constraints.Constraint):
-    """Clip every weight to ``[-c, c]`` with ``c = scale / sqrt(n)``.
+    """Clip every weight to ``[-c, c]`` with ``c = 1 / (scale * sqrt(size(w)))``.
 
-    ``n = prod(w.shape[:-1])`` is the number of entries per output unit (the rows of the
-    kernel matrix; 1 for a vector). Each unit's weight vector then has L2 norm at most
-    ``sqrt(n) * c = scale``: each output unit is ``scale``-Lipschitz on its own, and the
-    whole layer at most ``scale * sqrt(units)``-Lipschitz.
+    deel-lip's semantics: the kernel matrix then has
+    ``||W||_2 <= ||W||_F <= sqrt(size(w)) * c = 1 / scale``, so a Dense layer is
+    ``1 / scale``-Lipschitz (a convolution up to its coverage factor more,
+    `deel_lip.normalizers.conv_lipschitz_factor`). A larger ``scale`` clips tighter. The
+    bound is reached by a constant kernel.
 
     Args:
-        scale: bound on the norm of each output unit's weight vector (> 0).
+        scale: divisor of the clipping value (> 0).
 
     Raises:
         ValueError: if ``scale`` is not a finite number > 0.
@@ -100,8 +102,7 @@ class AutoWeightClipConstraint(keras.constraints.Constraint):
         self.scale = scale
 
     def __call__(self, w):
-        n = math.prod(w.shape[:-1]) if len(w.shape) > 1 else 1
-        c = self.scale / math.sqrt(n)
+        c = 1.0 / (self.scale * math.sqrt(math.prod(w.shape)))
         return ops.clip(w, -c, c)
 
     def get_config(self) -> dict:
@@ -156,6 +157,9 @@ class SpectralConstraint(keras.constraints.Constraint):
         beta_bjorck: Bjorck coefficient in (0, 0.5].
         maxiter_spectral: maximum number of power iterations (>= 1).
         maxiter_bjorck: maximum number of Bjorck iterations (>= 1).
+        u: start vector of the power iteration, ``(1, n)`` with ``n`` the small side of the
+            kernel matrix or deel-lip's ``(1, kernel.shape[-1])``; None for a fixed seeded
+            vector. It is not updated (the constraint is stateless).
 
     Raises:
         ValueError: naming the first invalid argument.
@@ -169,6 +173,7 @@ class SpectralConstraint(keras.constraints.Constraint):
         beta_bjorck: float = DEFAULT_BETA_BJORCK,
         maxiter_spectral: int = DEFAULT_MAXITER_SPECTRAL,
         maxiter_bjorck: int = DEFAULT_MAXITER_BJORCK,
+        u=None,
     ):
         check_normalization_args(
             eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck, k_coef_lip
@@ -179,11 +184,17 @@ class SpectralConstraint(keras.constraints.Constraint):
         self.beta_bjorck = beta_bjorck
         self.maxiter_spectral = maxiter_spectral
         self.maxiter_bjorck = maxiter_bjorck
+        if u is not None:
+            u = np.asarray(ops.convert_to_numpy(u), dtype="float64")
+            if u.ndim != 2 or u.shape[0] != 1 or not np.all(np.isfinite(u)) or not u.any():
+                raise ValueError(
+                    f"u must be a finite non-zero (1, n) vector or None, received: {u!r}"
+                )
+        self.u = u
 
     def __call__(self, w):
         w = ops.convert_to_tensor(w)
-        rows = math.prod(w.shape[:-1])
-        u = _start_vector(min(rows, w.shape[-1]), w.dtype)
+        u = None if self.u is None else ops.convert_to_tensor(self.u, dtype=w.dtype)
         w_bar, _, _ = reshaped_kernel_orthogonalization(
             w,
             u,
@@ -204,4 +215,5 @@ class SpectralConstraint(keras.constraints.Constraint):
             "beta_bjorck": self.beta_bjorck,
             "maxiter_spectral": self.maxiter_spectral,
             "maxiter_bjorck": self.maxiter_bjorck,
+            "u": None if self.u is None else self.u.tolist(),
         }

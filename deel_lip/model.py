@@ -20,7 +20,7 @@ from deel_lip.layers.resampling import InvertibleDownSampling, InvertibleUpSampl
 from deel_lip.layers.residual import BatchCentering, LayerCentering, LipResidual
 from deel_lip.normalizers import check_k_coef_lip
 
-__all__ = ["Sequential", "Model", "vanilla_export", "condense"]
+__all__ = ["Sequential", "Model", "vanilla_export", "vanillaModel", "condense"]
 
 #: Plain Keras layers that are 1-Lipschitz (no warning in `Sequential`).
 _ONE_LIPSCHITZ_KERAS_LAYERS = (
@@ -34,6 +34,7 @@ _ONE_LIPSCHITZ_KERAS_LAYERS = (
     keras.layers.ZeroPadding1D,
     keras.layers.ZeroPadding2D,
     keras.layers.Identity,
+    keras.layers.Softmax,  # 1-Lipschitz in L2 (its Jacobian diag(p) - p p^T has norm <= 1)
 )
 #: deel_lip layers without a Lipschitz constant argument that are 1-Lipschitz.
 _ONE_LIPSCHITZ_DEEL_LIP_LAYERS = (
@@ -43,7 +44,15 @@ _ONE_LIPSCHITZ_DEEL_LIP_LAYERS = (
     BatchCentering,
     LayerCentering,
 )
-_ONE_LIPSCHITZ_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softsign", "relu6")
+_ONE_LIPSCHITZ_ACTIVATIONS = (
+    "linear",
+    "relu",
+    "tanh",
+    "sigmoid",
+    "softsign",
+    "relu6",
+    "softmax",
+)
 
 
 def _is_known_lipschitz(layer) -> bool:
@@ -70,6 +79,38 @@ def _sublayers(model) -> list:
     return found
 
 
+def _is_per_unit(layer) -> bool:
+    """Layers whose bound holds per output unit only (``FrobeniusDense`` with
+    ``disjoint_neurons=True`` and more than one unit): the layer as a whole is up to
+    ``k * sqrt(units)``-Lipschitz."""
+    return bool(getattr(layer, "disjoint_neurons", False)) and getattr(layer, "units", 1) > 1
+
+
+def _warn_per_unit(layer, follower) -> None:
+    warnings.warn(
+        f"Layer {layer.name!r} ({type(layer).__name__}, disjoint_neurons=True, "
+        f"units={layer.units}) bounds each output unit separately, but the Lipschitz layer "
+        f"{follower.name!r} follows it: the model is then only guaranteed "
+        f"sqrt({layer.units}) times its constant. Use disjoint_neurons=False, or keep "
+        "per-unit layers last.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _downstream_layers(layer) -> list:
+    """Layers reachable from ``layer``'s outputs in a functional graph."""
+    found, stack, seen = [], [layer], {id(layer)}
+    while stack:
+        for node in getattr(stack.pop(), "_outbound_nodes", []):
+            nxt = node.operation
+            if id(nxt) not in seen:
+                seen.add(id(nxt))
+                found.append(nxt)
+                stack.append(nxt)
+    return found
+
+
 def condense(model) -> None:
     """Call `condense()` on every layer of ``model`` that has it (nested models too)."""
     for layer in _sublayers(model):
@@ -82,7 +123,15 @@ def _export_layer(layer):
         return vanilla_export(layer)
     if hasattr(layer, "vanilla_export"):
         return layer.vanilla_export()
-    return layer.__class__.from_config(layer.get_config())
+    config = layer.get_config()
+    if isinstance(layer, LipschitzLayer) and "k_coef_lip" in config:
+        # a wrapper's factor (set_klip_factor) is not in the config: fold it into k_coef_lip
+        # so that the copy, and the copy saved and loaded, compute the same map
+        config["k_coef_lip"] = layer._get_coef()
+    copy = layer.__class__.from_config(config)
+    if isinstance(layer, LipschitzLayer) and "k_coef_lip" not in config:
+        copy.set_klip_factor(layer._klip_factor)
+    return copy
 
 
 def vanilla_export(model: keras.Model) -> keras.Model:
@@ -141,6 +190,23 @@ class _ExportMixin:
         """Plain Keras export of this model (see `vanilla_export`)."""
         return vanilla_export(self)
 
+    def vanillaModel(self) -> keras.Model:  # noqa: N802 (deel-lip's name)
+        """deel-lip's name of `vanilla_export` (deprecated)."""
+        return vanillaModel(self)
+
+
+def vanillaModel(model: keras.Model) -> keras.Model:  # noqa: N802 (deel-lip's name)
+    """deel-lip's ``vanillaModel(model)``: `vanilla_export` under its deprecated name.
+
+    Unlike deel-lip's, it does not condense the model first (call `condense` for that).
+    """
+    warnings.warn(
+        "vanillaModel(model) is deel-lip's name: use vanilla_export(model)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return vanilla_export(model)
+
 
 @keras.saving.register_keras_serializable("deel_lip")
 class Sequential(_ExportMixin, keras.Sequential):
@@ -148,7 +214,10 @@ class Sequential(_ExportMixin, keras.Sequential):
 
     Each of the ``n`` Lipschitz layers gets the factor ``k_coef_lip ** (1 / n)``, so the
     composition is ``k_coef_lip``-Lipschitz. A `UserWarning` names every layer that is not
-    known to be Lipschitz (it breaks the guarantee unless you know better).
+    known to be Lipschitz (it breaks the guarantee unless you know better), and every
+    per-unit layer (``FrobeniusDense(disjoint_neurons=True)``) followed by another layer
+    with a Lipschitz constant: a per-unit bound only covers the model as its last such
+    layer. The factors are spread again whenever the layer list changes (`add`, `pop`).
 
     Args:
         layers: list of layers.
@@ -175,6 +244,27 @@ class Sequential(_ExportMixin, keras.Sequential):
                 "Lipschitz: the model's Lipschitz guarantee does not cover it.",
                 stacklevel=2,
             )
+        if isinstance(added, LipschitzLayer):
+            for earlier in self._layers[:-1]:
+                if _is_per_unit(earlier):
+                    _warn_per_unit(earlier, added)
+        self._spread_lipschitz_constant()
+
+    def pop(self, rebuild=True):
+        """Remove the last layer and spread ``k_coef_lip`` over the remaining ones.
+
+        The removed layer gets back its own constant (factor 1).
+        """
+        layer = super().pop(rebuild=rebuild)
+        if isinstance(layer, LipschitzLayer):
+            layer.set_klip_factor(1.0)
+        self._spread_lipschitz_constant()
+        return layer
+
+    def set_klip_factor(self, klip_factor: float) -> None:
+        """Set the model's constant to ``klip_factor`` and spread it (deel-lip's method)."""
+        check_k_coef_lip(klip_factor)
+        self.k_coef_lip = float(klip_factor)
         self._spread_lipschitz_constant()
 
     def _spread_lipschitz_constant(self) -> None:
@@ -207,5 +297,18 @@ class Sequential(_ExportMixin, keras.Sequential):
 class Model(_ExportMixin, keras.Model):
     """`keras.Model` (functional or subclassed) with `condense()` and `vanilla_export()`.
 
-    Use it exactly like `keras.Model(inputs, outputs)`.
+    Use it exactly like `keras.Model(inputs, outputs)`. A functional model warns
+    (`UserWarning`) for every per-unit layer (``FrobeniusDense(disjoint_neurons=True)``)
+    from which another layer with a Lipschitz constant is reachable.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if hasattr(self, "_run_through_graph"):  # functional
+            for layer in self.layers:
+                if _is_per_unit(layer):
+                    followers = [
+                        nxt for nxt in _downstream_layers(layer) if isinstance(nxt, LipschitzLayer)
+                    ]
+                    if followers:
+                        _warn_per_unit(layer, followers[0])

@@ -32,8 +32,9 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -61,6 +62,7 @@ __all__ = [
     "gram_iteration_bound",
     "bjorck_normalization",
     "spectral_normalization",
+    "spectral_normalization_conv",
     "reshaped_kernel_orthogonalization",
     "frobenius_normalization",
     "conv_coverage_1d",
@@ -140,8 +142,29 @@ def _right_multiply(matrix, poly):
 # ------------------------------------------------------------------ spectral norm
 
 
+def _safe_norm(x, axis=None, keepdims=False, floor: float = _TINY):
+    """``sqrt(max(sum x^2, floor^2))``: never a square root at 0, so the gradient is
+    finite everywhere (``sqrt`` has an infinite derivative at 0, and ``max(sqrt(.), tiny)``
+    multiplies it by 0: NaN)."""
+    return ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=keepdims), floor**2))
+
+
 def _normalize_rows(u):
-    return u / ops.maximum(ops.sqrt(ops.sum(ops.square(u), axis=-1, keepdims=True)), _TINY)
+    return u / _safe_norm(u, axis=-1, keepdims=True)
+
+
+def _prescale(x, axis=None):
+    """``(x / m, m)`` with ``m = max |x|`` (over ``axis``), without gradient through ``m``.
+
+    Every normalisation here is scale invariant, ``f(W / m) = f(W)``, so dividing by a
+    constant first changes nothing but the range: the Gram matrix of ``W / m`` has entries
+    at most ``rows``, never overflowing float32 for a kernel of 1e17 nor underflowing for
+    one of 1e-20. ``m`` is 1 where ``x`` is zero (or subnormal).
+    """
+    m = ops.stop_gradient(ops.max(ops.abs(x), axis=axis, keepdims=axis is not None))
+    tiny = float(np.finfo(keras.backend.standardize_dtype(x.dtype)).tiny)
+    m = ops.where(m > tiny, m, ops.ones_like(m))
+    return x / m, m
 
 
 def power_iteration(gram_matrix, u, eps: float = DEFAULT_EPS_SPECTRAL, maxiter: int = 10):
@@ -159,14 +182,14 @@ def power_iteration(gram_matrix, u, eps: float = DEFAULT_EPS_SPECTRAL, maxiter: 
         The ``(1, n)`` unit vector, without gradient.
     """
     gram_matrix = ops.stop_gradient(gram_matrix)
-    u = _normalize_rows(ops.cast(u, gram_matrix.dtype))
+    u = _normalize_rows(ops.stop_gradient(ops.cast(u, gram_matrix.dtype)))
 
-    def cond(i, u, delta):
-        return ops.logical_and(i < maxiter, delta >= eps)
+    def cond(i, u, delta):  # delta = ||u_{k+1} - u_k||^2, compared with eps^2 (no sqrt)
+        return ops.logical_and(i < maxiter, delta >= eps**2)
 
     def body(i, u, delta):
         new_u = _normalize_rows(ops.matmul(u, gram_matrix))
-        return i + 1, new_u, ops.sqrt(ops.sum(ops.square(new_u - u)))
+        return i + 1, new_u, ops.stop_gradient(ops.sum(ops.square(new_u - u)))
 
     start = (ops.convert_to_tensor(0), u, ops.convert_to_tensor(np.inf, dtype=u.dtype))
     _, u, _ = ops.while_loop(cond, body, start, maximum_iterations=maxiter)
@@ -197,11 +220,11 @@ def gram_iteration_bound(gram_matrix, scale=None, iterations: int = DEFAULT_GRAM
     a = gram_matrix / scale
     log_bound = ops.log(scale)
     for j in range(iterations):
-        norm = ops.maximum(ops.sqrt(ops.sum(ops.square(a))), _TINY)
+        norm = _safe_norm(a)
         log_bound = log_bound + ops.log(norm) / (2.0**j)
         a = a / norm
         a = ops.matmul(a, a)
-    norm = ops.maximum(ops.sqrt(ops.sum(ops.square(a))), _TINY)
+    norm = _safe_norm(a)
     log_bound = log_bound + ops.log(norm) / (2.0**iterations)
     return ops.exp(log_bound)
 
@@ -211,9 +234,48 @@ def _gershgorin_bound(gram_matrix):
     return ops.max(ops.sum(ops.abs(gram_matrix), axis=-1))
 
 
+def _start_vector(size: int, dtype="float32"):
+    """Fixed ``(1, size)`` unit vector for a power iteration without a persisted one.
+
+    Drawn from a seeded generator: deterministic, and almost surely not orthogonal to the
+    top singular vector.
+    """
+    vector = np.random.default_rng(0).standard_normal((1, int(size)))
+    return ops.convert_to_tensor(vector / np.linalg.norm(vector), dtype=dtype)
+
+
+def _small_side_vector(matrix, u):
+    """The power-iteration vector on the small side of ``matrix`` (``(1, min(r, c))``).
+
+    Accepts ``None`` (a fixed start vector), our ``(1, min(rows, cols))`` vector, or
+    deel-lip's ``(1, cols)`` right singular vector, mapped by ``u W^T`` for a wide matrix.
+    Returns ``(u_small, deel_lip_shape)``: whether to return the vector in deel-lip's shape.
+    """
+    rows, cols = matrix.shape
+    small = min(rows, cols)
+    if u is None:
+        return _start_vector(small, matrix.dtype), cols != small
+    u = ops.cast(ops.convert_to_tensor(u), matrix.dtype)
+    if tuple(u.shape) == (1, small):
+        return u, False
+    if tuple(u.shape) == (1, cols):
+        return _normalize_rows(ops.matmul(u, ops.transpose(ops.stop_gradient(matrix)))), True
+    raise ValueError(
+        f"u must have shape (1, {small}) (small side of the {rows}x{cols} kernel matrix) or "
+        f"(1, {cols}) (deel-lip's right singular vector), received shape {tuple(u.shape)}"
+    )
+
+
+def _output_vector(matrix, u_small, deel_lip_shape: bool):
+    """The vector returned to the caller, in the shape it gave (see `_small_side_vector`)."""
+    if deel_lip_shape:
+        return ops.stop_gradient(_normalize_rows(ops.matmul(u_small, matrix)))
+    return u_small
+
+
 def spectral_normalization(
     kernel,
-    u,
+    u=None,
     eps: float = DEFAULT_EPS_SPECTRAL,
     maxiter: int = DEFAULT_MAXITER_SPECTRAL,
     gram_iterations: int = DEFAULT_GRAM_ITERATIONS,
@@ -221,32 +283,41 @@ def spectral_normalization(
     """Divide a kernel by a certified upper bound of the spectral norm of its matrix.
 
     ``W_bar = W / sigma_up`` with ``sigma_up >= sigma_max(W)`` from the Gram iteration
-    bound warm-started at the power-iteration estimate, so ``||W_bar||_2 <= 1``.
+    bound warm-started at the power-iteration estimate, so ``||W_bar||_2 <= 1`` (deel-lip
+    divides by the estimate ``sigma + eps`` from below instead). The matrix is first
+    divided by its largest entry (`_prescale`), so no float32 Gram overflows.
 
     Args:
         kernel: kernel tensor; its matrix is ``kernel_matrix(kernel)``.
-        u: ``(1, n)`` persisted power-iteration vector, ``n`` = small side of the matrix.
+        u: persisted power-iteration vector: ``(1, n)`` with ``n`` the small side of the
+            matrix, or deel-lip's ``(1, kernel.shape[-1])``, or None (fixed start vector;
+            the returned vector then has deel-lip's shape).
         eps: power-iteration tolerance.
         maxiter: power-iteration maximum number of steps.
         gram_iterations: number of squarings of the Gram iteration bound.
 
     Returns:
-        ``(W_bar, u, sigma_up)``, ``W_bar`` with the kernel's shape.
+        ``(W_bar, u, sigma_up)``, ``W_bar`` with the kernel's shape, ``u`` in the shape given.
     """
     matrix = kernel_matrix(kernel)
-    g = gram(matrix)
+    scaled, m = _prescale(matrix)
+    u, deel_lip_shape = _small_side_vector(scaled, u)
+    g = gram(scaled)
     u = power_iteration(g, u, eps, maxiter)
-    lam_est = _rayleigh(g, u)
+    lam_est = ops.maximum(_rayleigh(g, u), ops.max(ops.abs(g)))  # both <= lambda_max
     lam_up = gram_iteration_bound(g, ops.maximum(lam_est, _TINY), gram_iterations)
     sigma = ops.sqrt(ops.maximum(lam_up, _TINY))
-    return ops.reshape(matrix / sigma, kernel.shape), u, sigma
+    w_bar = ops.reshape(scaled / sigma, kernel.shape)
+    return w_bar, _output_vector(scaled, u, deel_lip_shape), sigma * ops.reshape(m, ())
 
 
 def bjorck_normalization(
-    matrix,
+    matrix=None,
     eps: float = DEFAULT_EPS_BJORCK,
     beta: float = DEFAULT_BETA_BJORCK,
     maxiter: int = DEFAULT_MAXITER_BJORCK,
+    *,
+    w=None,
 ):
     """Bjorck orthogonalisation of a 2D matrix whose singular values lie in [0, sqrt(3)].
 
@@ -258,182 +329,114 @@ def bjorck_normalization(
     The iterations run on the small side: ``W_k = W_0 M_k`` and ``P_k = W_k^T W_k`` obey
     ``M_{k+1} = M_k Q_k`` and ``P_{k+1} = Q_k P_k Q_k`` (all polynomials in ``W_0^T W_0``
     commute), so each iteration costs three ``n x n`` products instead of two products
-    with the full matrix.
+    with the full matrix. The stopping test compares the squared change with ``eps^2``
+    without gradient: differentiating ``sqrt`` at 0 (an already orthogonal matrix) gave
+    NaN gradients under XLA.
 
     Args:
-        matrix: 2D tensor.
+        matrix: 2D tensor (``w=`` is deel-lip's spelling, deprecated).
         eps: stopping tolerance on the Frobenius norm of the update.
         beta: Bjorck coefficient in ``(0, 0.5]``.
         maxiter: maximum number of iterations before the final step.
     """
+    if w is not None:
+        if matrix is not None:
+            raise TypeError("bjorck_normalization got both matrix and w (deel-lip's name)")
+        warnings.warn(
+            "bjorck_normalization(w=...) is deel-lip's spelling: use matrix=...",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        matrix = w
+    if matrix is None:
+        raise TypeError("bjorck_normalization() missing required argument: 'matrix'")
+    matrix = ops.convert_to_tensor(matrix)
     g0 = gram(matrix)
     eye = ops.eye(g0.shape[0], dtype=matrix.dtype)
 
     def cond(i, m, p, delta):
-        return ops.logical_and(i < maxiter, delta >= eps)
+        return ops.logical_and(i < maxiter, delta >= eps**2)
 
     def body(i, m, p, delta):
         q = (1.0 + beta) * eye - beta * p
-        step = q - eye
-        # ||W_k (Q_k - I)||_F^2 = trace((Q_k - I) P_k (Q_k - I))
-        change = ops.sqrt(ops.maximum(ops.sum(step * ops.matmul(p, step)), 0.0))
+        step = ops.stop_gradient(q - eye)
+        # ||W_k (Q_k - I)||_F^2 = trace((Q_k - I) P_k (Q_k - I)), without gradient
+        change = ops.sum(step * ops.matmul(ops.stop_gradient(p), step))
         return i + 1, ops.matmul(m, q), ops.matmul(ops.matmul(q, p), q), change
 
     start = (ops.convert_to_tensor(0), eye, g0, ops.convert_to_tensor(np.inf, matrix.dtype))
     _, m, _, _ = ops.while_loop(cond, body, start, maximum_iterations=maxiter)
-    w = _right_multiply(matrix, m)
-    return _right_multiply(w, 1.5 * eye - 0.5 * gram(w))
+    w_k = _right_multiply(matrix, m)
+    return _right_multiply(w_k, 1.5 * eye - 0.5 * gram(w_k))
 
 
 def reshaped_kernel_orthogonalization(
     kernel,
-    u,
-    adjustment_coef: float,
+    u=None,
+    adjustment_coef: float = 1.0,
     eps_spectral: float = DEFAULT_EPS_SPECTRAL,
     eps_bjorck: float | None = DEFAULT_EPS_BJORCK,
     beta_bjorck: float = DEFAULT_BETA_BJORCK,
     maxiter_spectral: int = DEFAULT_MAXITER_SPECTRAL,
     maxiter_bjorck: int = DEFAULT_MAXITER_BJORCK,
+    *,
+    beta: float | None = None,
 ):
     """Constrain a kernel so that its matrix has spectral norm <= ``adjustment_coef``.
 
+    0. Divide the matrix by its largest entry (scale invariant; no float32 overflow).
     1. ``sigma^2 = max(u G u^T, gershgorin(G) / 2.9)`` with ``u`` from power iteration:
        every singular value of ``W_0 = W / sigma`` is then below ``sqrt(3)``.
     2. Bjorck orthogonalisation of ``W_0`` (skipped if ``eps_bjorck`` is None, then
        spectral normalisation by the certified Gram-iteration bound).
     3. Multiply by ``adjustment_coef`` (``k_coef_lip`` over the convolution factor).
 
+    ``u`` is as in `spectral_normalization` (None, ours or deel-lip's shape); ``beta`` is
+    deel-lip's name of ``beta_bjorck`` (deprecated).
+
     Returns:
-        ``(W_bar, u, sigma)`` with ``W_bar`` of the kernel's shape.
+        ``(W_bar, u, sigma)`` with ``W_bar`` of the kernel's shape and ``sigma`` the scale
+        of step 1 in the kernel's units.
     """
+    if beta is not None:
+        warnings.warn(
+            "reshaped_kernel_orthogonalization(beta=...) is deel-lip's spelling: use "
+            "beta_bjorck=...",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        beta_bjorck = beta
     if eps_bjorck is None:
         w_bar, u, sigma = spectral_normalization(kernel, u, eps_spectral, maxiter_spectral)
         return w_bar * adjustment_coef, u, sigma
-    matrix = kernel_matrix(kernel)
-    g = gram(matrix)
+    scaled, m = _prescale(kernel_matrix(kernel))
+    u, deel_lip_shape = _small_side_vector(scaled, u)
+    g = gram(scaled)
     u = power_iteration(g, u, eps_spectral, maxiter_spectral)
     lam = ops.maximum(_rayleigh(g, u), _gershgorin_bound(g) / _SQRT3_SAFETY)
     sigma = ops.sqrt(ops.maximum(lam, _TINY))
-    w_bar = bjorck_normalization(matrix / sigma, eps_bjorck, beta_bjorck, maxiter_bjorck)
-    return ops.reshape(w_bar, kernel.shape) * adjustment_coef, u, sigma
+    w_bar = bjorck_normalization(scaled / sigma, eps_bjorck, beta_bjorck, maxiter_bjorck)
+    u = _output_vector(scaled, u, deel_lip_shape)
+    return ops.reshape(w_bar, kernel.shape) * adjustment_coef, u, sigma * ops.reshape(m, ())
 
 
 def frobenius_normalization(kernel, disjoint_neurons: bool = False, eps: float = _TINY):
     """Divide by the Frobenius norm (``||W||_2 <= ||W||_F``).
 
     With ``disjoint_neurons=True`` each output unit (last axis) is normalised separately:
-    every output is then 1-Lipschitz on its own, not the output vector as a whole.
+    every output is then 1-Lipschitz on its own, not the output vector as a whole (the
+    layer up to ``sqrt(units)``). Computed on the kernel divided by its largest entry
+    (no overflow), with ``sqrt(max(sum, eps^2))`` (finite gradient at a zero kernel).
     """
-    if disjoint_neurons:
-        axes = tuple(range(len(kernel.shape) - 1))
-        norm = ops.sqrt(ops.sum(ops.square(kernel), axis=axes, keepdims=True))
-    else:
-        norm = ops.sqrt(ops.sum(ops.square(kernel)))
-    return kernel / ops.maximum(norm, eps)
+    axes = tuple(range(len(kernel.shape) - 1)) if disjoint_neurons else None
+    scaled, _ = _prescale(kernel, axis=axes)
+    return scaled / _safe_norm(scaled, axis=axes, keepdims=axes is not None, floor=eps)
 
 
-# ------------------------------------------------------------- convolution factor
-
-_PADDING_SOURCES = ("zero", "reflect", "symmetric", "circular")
-
-
-def _source_index(p: int, n: int, mode: str) -> int | None:
-    """Input index read at index ``p`` of the padded signal (None for a zero pad)."""
-    if 0 <= p < n:
-        return p
-    if mode == "zero":
-        return None
-    if mode == "circular":
-        return p % n
-    if mode == "reflect":  # ... 2 1 | 0 1 2 ... n-1 | n-2 ...
-        period = 2 * (n - 1)
-        q = p % period if period else 0
-        return q if q < n else period - q
-    if mode == "symmetric":  # ... 1 0 | 0 1 ... n-1 | n-1 n-2 ...
-        period = 2 * n
-        q = p % period
-        return q if q < n else period - 1 - q
-    raise ValueError(f"padding mode must be one of {_PADDING_SOURCES}, received: {mode!r}")
-
-
-def conv_coverage_1d(
-    n: int, kernel: int, stride: int, pad_left: int, pad_right: int, mode: str = "zero"
-) -> int:
-    """Largest number of (window, tap) pairs reading one input index, for length ``n``.
-
-    The patch-extraction operator ``P`` of a convolution reads each padded index once per
-    tap; ``P^T P`` is diagonal with these counts, so ``||P||_2 = sqrt(max count)``.
-    """
-    padded = n + pad_left + pad_right
-    if padded < kernel:
-        return 0
-    counts = np.zeros(n, dtype=np.int64)
-    for start in range(0, padded - kernel + 1, stride):
-        for tap in range(kernel):
-            src = _source_index(start + tap - pad_left, n, mode)
-            if src is not None:
-                counts[src] += 1
-    return int(counts.max())
-
-
-def _pads_1d(n: int, kernel: int, stride: int, padding: str) -> tuple[int, int]:
-    if padding == "valid":
-        return 0, 0
-    if padding == "causal":
-        return kernel - 1, 0
-    if padding == "same":  # TensorFlow's convention
-        total = max((math.ceil(n / stride) - 1) * stride + kernel - n, 0)
-        return total // 2, total - total // 2
-    return (kernel - 1) // 2, kernel // 2  # explicit padding of PadConv2D
-
-
-def _padding_source(padding: str) -> str:
-    if padding in ("same", "valid", "causal", "constant"):
-        return "zero"
-    return padding
-
-
-def _sup_coverage_1d(kernel: int, stride: int, padding: str) -> int:
-    """Supremum over every accepted input length of the 1D coverage count."""
-    mode = _padding_source(padding)
-    pads = _pads_1d(kernel * 4, kernel, stride, padding)
-    n_min = {"reflect": max(pads) + 1, "symmetric": max(max(pads), 1)}.get(mode, 1)
-    n_max = n_min + 4 * (kernel + sum(pads)) + 4 * stride + 8
-    return max(
-        conv_coverage_1d(n, kernel, stride, *_pads_1d(n, kernel, stride, padding), mode)
-        for n in range(n_min, n_max + 1)
-    )
-
-
-def conv_lipschitz_factor(
-    kernel_size: Sequence[int], strides: Sequence[int], padding: str = "same"
-) -> float:
-    """Bound on ``||conv|| / ||kernel matrix||_2`` valid for every input size.
-
-    ``sqrt(prod_d max_i c_d(i))``, with ``c_d(i)`` the number of (window, tap) pairs that
-    read index ``i`` along axis ``d`` (padding maps separate over axes). For zero padding
-    this is ``sqrt(prod ceil(k_d / s_d))``; reflect padding reads border pixels more often
-    and gets a larger, still exact, factor.
-
-    Args:
-        kernel_size: kernel size per spatial axis.
-        strides: stride per spatial axis.
-        padding: "same", "valid", "causal", "constant", "reflect", "symmetric", "circular".
-    """
-    factor = 1
-    for k, s in zip(kernel_size, strides):
-        factor *= _sup_coverage_1d(int(k), int(s), padding)
-    return math.sqrt(factor)
-
-
-def conv_transpose_lipschitz_factor(kernel_size: Sequence[int], strides: Sequence[int]) -> float:
-    """Bound for a transposed convolution: the norm of its adjoint strided convolution.
-
-    The adjoint reads the uncropped output with windows of size ``k`` at stride ``s``, so
-    each output index is read at most ``ceil(k / s)`` times per axis; cropping ("same") and
-    output padding can only lower the norm.
-    """
-    factor = 1
-    for k, s in zip(kernel_size, strides):
-        factor *= math.ceil(int(k) / int(s))
-    return math.sqrt(factor)
+# Convolution factors and deel-lip's convolution normaliser live in `normalizers_conv`.
+from deel_lip.normalizers_conv import (  # noqa: E402
+    conv_coverage_1d,
+    conv_lipschitz_factor,
+    conv_transpose_lipschitz_factor,
+    spectral_normalization_conv,
+)

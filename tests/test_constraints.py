@@ -62,25 +62,70 @@ def test_weight_clip_bounds_and_keeps_small_values():
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.5])
-def test_auto_weight_clip_bounds_each_unit_norm(scale):
+def test_auto_weight_clip_bounds_the_spectral_norm_by_one_over_scale(scale):
+    """deel-lip's semantics: c = 1 / (scale sqrt(size)), so ||W||_2 <= ||W||_F <= 1 / scale."""
     for shape in SHAPES:
-        _check_auto_clip(shape, scale)
+        c = 1.0 / (scale * np.sqrt(np.prod(shape)))
+        w = np.random.default_rng(0).uniform(-0.9 * c, 0.9 * c, shape).astype("float32")
+        w[..., 0] = 100.0  # saturated entries
+        out = _matrix(AutoWeightClipConstraint(scale=scale)(w))
+        assert np.abs(out).max() <= c * (1 + 1e-6)
+        assert _sv(out)[0] <= (1.0 / scale) * (1 + 1e-6)
+        np.testing.assert_allclose(out[:, 1:], _matrix(w)[:, 1:])  # small weights untouched
 
 
-def _check_auto_clip(shape, scale):
-    bound = scale / np.sqrt(np.prod(shape[:-1]))
-    w = np.random.default_rng(0).uniform(-0.9 * bound, 0.9 * bound, shape).astype("float32")
-    w[..., 0] = 100.0  # saturated unit: its norm reaches exactly `scale`
-    out = _matrix(AutoWeightClipConstraint(scale=scale)(w))
-    norms = np.linalg.norm(out, axis=0)
-    assert norms.max() <= scale * (1 + 1e-6)
-    np.testing.assert_allclose(norms[0], scale, rtol=1e-6)
-    np.testing.assert_allclose(out[:, 1:], _matrix(w)[:, 1:])  # small weights untouched
+@pytest.mark.parametrize("shape", [(4, 4), (64, 10), (3, 3, 16, 32)], ids=str)
+@pytest.mark.parametrize("scale", [1.0, 0.5, 4.0])
+def test_auto_weight_clip_all_ones_reaches_exactly_its_bound(shape, scale):
+    """All-ones weights: the worst case, spectral norm exactly 1 / scale (was sqrt(units))."""
+    out = _matrix(AutoWeightClipConstraint(scale=scale)(np.ones(shape, "float32")))
+    norm = float(np.linalg.norm(out, 2))
+    assert norm <= (1.0 / scale) * (1 + 1e-6)
+    np.testing.assert_allclose(norm, 1.0 / scale, rtol=1e-5)
+
+
+def test_auto_weight_clip_bounds_a_dense_layer_exactly():
+    layer = keras.layers.Dense(10, use_bias=False, kernel_constraint=AutoWeightClipConstraint())
+    layer.build((None, 64))
+    layer.kernel.assign(np.ones((64, 10), "float32"))
+    layer.kernel.assign(layer.kernel_constraint(layer.kernel))
+    jac = np.asarray(ops.convert_to_numpy(layer.kernel), "float64").T
+    assert np.linalg.norm(jac, 2) <= 1.0 + 1e-6
 
 
 def test_auto_weight_clip_vector():
     out = ops.convert_to_numpy(AutoWeightClipConstraint(scale=0.5)(np.array([2.0, -0.1, -3.0])))
-    np.testing.assert_allclose(out, [0.5, -0.1, -0.5])
+    c = 1.0 / (0.5 * np.sqrt(3.0))
+    np.testing.assert_allclose(out, [c, -0.1, -c], rtol=1e-6)
+
+
+def test_weight_clip_accepts_deel_lip_c_with_deprecation():
+    with pytest.warns(DeprecationWarning, match="c_val"):
+        constraint = WeightClipConstraint(c=0.3)
+    assert constraint.c_val == 0.3
+    out = ops.convert_to_numpy(constraint(_random((5, 4))))
+    assert np.abs(out).max() <= 0.3 + 1e-7
+    with pytest.raises(ValueError, match="c_val"):
+        WeightClipConstraint(c=-1.0)
+
+
+@pytest.mark.parametrize("shape", [(20, 8), (8, 20)], ids=str)
+def test_spectral_constraint_accepts_deel_lip_u(shape):
+    """``u=``: ours (1, small side) or deel-lip's (1, last axis) start vector."""
+    w = _random(shape)
+    for size in {min(shape), shape[-1]}:
+        u = np.random.default_rng(1).standard_normal((1, size))
+        constraint = SpectralConstraint(u=u)
+        out = ops.convert_to_numpy(constraint(w))
+        values = _sv(out)
+        assert values[0] <= 1.0 + 1e-5
+        np.testing.assert_allclose(values, 1.0, atol=1e-3)
+        clone = SpectralConstraint.from_config(constraint.get_config())
+        np.testing.assert_array_equal(ops.convert_to_numpy(clone(w)), out)
+    with pytest.raises(ValueError, match="u must have shape"):
+        SpectralConstraint(u=np.ones((1, 3)))(w)
+    with pytest.raises(ValueError, match="u must be"):
+        SpectralConstraint(u=np.zeros((1, 8)))
 
 
 def test_frobenius_constraint_unit_norm():
