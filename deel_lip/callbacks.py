@@ -115,11 +115,15 @@ class MonitorCallback(keras.callbacks.Callback):
             kernel (attribute ``constrained_kernel`` of `deel_lip` layers), which checks
             that the constraint holds.
         what: ``"max"`` (largest singular value) or ``"all"`` (histogram of all of them).
+        on_epoch: write at the end of every epoch (step = epoch index).
+        on_batch: write after every training batch (step = global batch index). With
+            both, only the batches are written (one step axis), as in deel-lip.
 
     Raises:
         ValueError: if ``monitored_layers`` is empty or not a list of names, ``target`` or
-            ``what`` is not one of the values above; at the start of training, if a
-            monitored layer is missing or has no ``target`` attribute.
+            ``what`` is not one of the values above, ``on_epoch`` / ``on_batch`` is not a
+            bool; at the start of training, if a monitored layer is missing or has no
+            ``target`` attribute.
     """
 
     def __init__(
@@ -128,8 +132,12 @@ class MonitorCallback(keras.callbacks.Callback):
         logdir: str,
         target: str = "kernel",
         what: str = "max",
+        on_epoch: bool = True,
+        on_batch: bool = False,
     ):
         super().__init__()
+        _check_bool("on_epoch", on_epoch)
+        _check_bool("on_batch", on_batch)
         if isinstance(monitored_layers, str):
             monitored_layers = [monitored_layers]
         if (
@@ -151,8 +159,11 @@ class MonitorCallback(keras.callbacks.Callback):
         self.logdir = os.fspath(logdir)
         self.target = target
         self.what = what
+        self.on_epoch = on_epoch
+        self.on_batch = on_batch
         self._writer = None
         self._layers = {}
+        self._batches_seen = 0
 
     @staticmethod
     def log_key(layer_name: str, target: str) -> str:
@@ -186,20 +197,27 @@ class MonitorCallback(keras.callbacks.Callback):
         self._layers = self._find_layers()
         self._writer = tf.summary.create_file_writer(self.logdir)
 
-    def on_epoch_end(self, epoch, logs=None):
-        if self._writer is None:
-            return
+    def _write(self, step: int, logs) -> None:
         with self._writer.as_default():
             for name in self.monitored_layers:
                 sigmas = self.singular_values(name)
                 sigma_max = float(sigmas[0])
                 tag = f"{name}/{self.target}_singular_values"
-                tf.summary.scalar(f"{tag}_max", sigma_max, step=epoch)
+                tf.summary.scalar(f"{tag}_max", sigma_max, step=step)
                 if self.what == "all":
-                    tf.summary.histogram(tag, sigmas, step=epoch)
+                    tf.summary.histogram(tag, sigmas, step=step)
                 if logs is not None:
                     logs[self.log_key(name, self.target)] = sigma_max
         self._writer.flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches_seen += 1
+        if self._writer is not None and self.on_batch:
+            self._write(self._batches_seen - 1, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._writer is not None and self.on_epoch and not self.on_batch:
+            self._write(epoch, logs)
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
@@ -212,6 +230,8 @@ class MonitorCallback(keras.callbacks.Callback):
             "logdir": self.logdir,
             "target": self.target,
             "what": self.what,
+            "on_epoch": self.on_epoch,
+            "on_batch": self.on_batch,
         }
 
     @classmethod
@@ -266,7 +286,7 @@ class LossParamScheduler(keras.callbacks.Callback):
             lengths, non-finite values, ``xp`` not increasing, a negative ``step``; at the
             start of training, if the model's loss has no attribute ``param_name``, or if
             a value of ``fp`` is out of the range the deel_lip loss accepts for it
-            (e.g. ``alpha`` outside ``[0, 1]``).
+            (e.g. ``alpha < 0``, or ``alpha > 1`` for a loss built with ``convex=True``).
     """
 
     def __init__(self, param_name: str, fp: Sequence[float], xp: Sequence[float], step: int = 0):
@@ -306,7 +326,7 @@ class LossParamScheduler(keras.callbacks.Callback):
             for value in self.fp:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    checked = descriptor.check(self.param_name, value)
+                    checked = loss.check_hyper(self.param_name, value)
                 if checked != value:
                     raise ValueError(
                         f"LossParamScheduler assigns {self.param_name!r} as given, but "

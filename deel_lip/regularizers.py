@@ -9,6 +9,7 @@ constraint.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import keras
@@ -17,7 +18,7 @@ from keras import ops
 
 from deel_lip.normalizers import gram, kernel_matrix
 
-__all__ = ["OrthDenseRegularizer", "LorthRegularizer"]
+__all__ = ["OrthDenseRegularizer", "LorthRegularizer", "Lorth", "Lorth2D"]
 
 
 def _check_lambda(name: str, value) -> None:
@@ -98,6 +99,7 @@ class LorthRegularizer(keras.regularizers.Regularizer):
         lambda_lorth: weight of the penalty (> 0).
         dim: number of spatial axes, 1 (Conv1D) or 2 (Conv2D).
         conv_transpose: whether the kernel belongs to a transposed convolution.
+        flag_deconv: deel-lip's name of ``conv_transpose`` (deprecated).
 
     Raises:
         ValueError: for an invalid argument, a kernel whose rank is not ``dim + 2``, a
@@ -117,7 +119,16 @@ class LorthRegularizer(keras.regularizers.Regularizer):
         lambda_lorth: float = 1.0,
         dim: int = 2,
         conv_transpose: bool = False,
+        *,
+        flag_deconv: bool | None = None,
     ):
+        if flag_deconv is not None:
+            warnings.warn(
+                "LorthRegularizer(flag_deconv=...) is deel-lip's spelling: use conv_transpose=...",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            conv_transpose = flag_deconv
         if dim not in (1, 2) or not _is_int(dim):
             raise ValueError(f"dim must be 1 or 2, received: {dim!r}")
         if not isinstance(conv_transpose, bool):
@@ -230,3 +241,42 @@ class LorthRegularizer(keras.regularizers.Regularizer):
             "dim": self.dim,
             "conv_transpose": self.conv_transpose,
         }
+
+
+class Lorth:
+    """deel-lip's unweighted Lorth term: ``||conv(K, K) - I_0||_F^2 - delta``.
+
+    The value of `LorthRegularizer` with ``lambda_lorth=1`` (see it for the formula);
+    deel-lip exposed it as the base class ``Lorth`` and its 2D form `Lorth2D`. Use
+    `LorthRegularizer` as a layer's ``kernel_regularizer``.
+
+    Args:
+        kernel_shape: expected kernel shape ``(*k, C, M)``, or None.
+        stride: stride of the convolution (>= 1).
+        flag_deconv: whether the kernel belongs to a transposed convolution.
+        dim: number of spatial axes (1 or 2); `Lorth2D` fixes it to 2.
+    """
+
+    def __init__(self, kernel_shape=None, stride=1, flag_deconv=False, dim=2):
+        if not isinstance(flag_deconv, bool):
+            raise ValueError(f"flag_deconv must be a bool, received: {flag_deconv!r}")
+        self._regularizer = LorthRegularizer(
+            kernel_shape, stride, lambda_lorth=1.0, dim=dim, conv_transpose=flag_deconv
+        )
+        self.kernel_shape = self._regularizer.kernel_shape
+        self.stride = stride
+        self.flag_deconv = flag_deconv
+        self.dim = dim
+
+    def compute_lorth(self, w):
+        """The Lorth term of kernel ``w`` (zero iff the convolution is orthogonal)."""
+        return self._regularizer(w)
+
+    _compute_lorth = compute_lorth  # deel-lip's (private) method name
+
+
+class Lorth2D(Lorth):
+    """`Lorth` for 2D convolutions (deel-lip's ``Lorth2D``)."""
+
+    def __init__(self, kernel_shape=None, stride=1, flag_deconv=False):
+        super().__init__(kernel_shape, stride, flag_deconv, dim=2)
