@@ -14,11 +14,20 @@ inside the L2 ball of radius ``r(x)`` around ``x``, with
   vector to be ``L``-Lipschitz (e.g. a last `SpectralDense` layer).
 
 With the true label ``y`` the *signed* radius is ``m(x) / (c L)`` (``c`` = 1, ``sqrt(2)``
-or 2): positive when ``x`` is correctly classified, negative otherwise.
+or 2): positive when ``x`` is correctly classified, negative otherwise. Margins are
+computed row by row in (at least) float32.
 
 The metrics accumulate a weighted sum and a weight total in state variables, so their
 value over several batches equals their value over the concatenated batch (``fit`` and
 ``evaluate`` report the value over the whole epoch / dataset). `reset_state` starts over.
+Their default names are snake_case (``History`` keys such as
+``categorical_provable_robust_accuracy``), as Keras' own metrics.
+
+Invalid labels (class ids outside ``[0, C)``, multi-hot or tied rows, NaN, binary labels
+outside {0, 1} and {-1, +1}) raise a ValueError naming ``y_true`` when the metric runs
+eagerly; inside a traced ``fit`` / ``evaluate`` (no value known, no host round trip) the
+sample counts as not certified (value 0), as does a sample with a non-finite logit
+(an ``inf`` logit never certifies an infinite radius).
 
 Reference:
     Serrurier, Mamalet, Gonzalez-Sanz, Boissin, Loubes, del Barrio, "Achieving robustness
@@ -28,11 +37,20 @@ Reference:
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import keras
 from keras import ops
+
+from deel_lip._certify import (  # noqa: F401  (re-exported for deel_lip.robustness / xai)
+    _binary_margin,
+    _binary_margins,
+    _certificate_factor,
+    _check_bool,
+    _check_epsilon,
+    _check_lip_const,
+    _class_ids,
+    _margin_from_ids,
+    _multiclass_margin,
+)
 
 __all__ = [
     "CategoricalProvableRobustAccuracy",
@@ -42,98 +60,9 @@ __all__ = [
 ]
 
 
-# ------------------------------------------------------------------ argument checks
-
-
-def _check_lip_const(lip_const) -> float:
-    if (
-        isinstance(lip_const, bool)
-        or not isinstance(lip_const, numbers.Real)
-        or not math.isfinite(lip_const)
-        or lip_const <= 0
-    ):
-        raise ValueError(f"lip_const must be a finite number > 0, received: {lip_const!r}")
-    return float(lip_const)
-
-
-def _check_epsilon(epsilon) -> float:
-    if (
-        isinstance(epsilon, bool)
-        or not isinstance(epsilon, numbers.Real)
-        or not math.isfinite(epsilon)
-        or epsilon < 0
-    ):
-        raise ValueError(f"epsilon must be a finite number >= 0, received: {epsilon!r}")
-    return float(epsilon)
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, received: {value!r}")
-    return value
-
-
-def _certificate_factor(lip_const: float, disjoint_neurons: bool) -> float:
-    """``c L`` with ``c = 2`` for disjoint neurons and ``c = sqrt(2)`` otherwise."""
-    return (2.0 if disjoint_neurons else math.sqrt(2.0)) * lip_const
-
-
-# ------------------------------------------------------------------ signed margins
-# Shared with `deel_lip.robustness` (which sits above this module and imports them).
-
-
-def _multiclass_margin(y_true, y_pred):
-    """Signed margin ``f_y - max_{j != y} f_j`` of each sample, shape ``(batch,)``.
-
-    ``y_pred`` has shape ``(batch, n_classes)`` with ``n_classes >= 2``. ``y_true`` is
-    either one-hot like (same shape as ``y_pred``; the class is its argmax, so labels in
-    {0, 1}, {-1, +1} or smoothed all work) or integer class ids of shape ``(batch,)`` or
-    ``(batch, 1)``.
-    """
-    if len(y_pred.shape) != 2:
-        raise ValueError(
-            "multiclass predictions must have shape (batch, n_classes), "
-            f"received shape {tuple(y_pred.shape)}"
-        )
-    n_classes = y_pred.shape[-1]
-    if n_classes is None or n_classes < 2:
-        raise ValueError(
-            "multiclass predictions need a known number of classes >= 2 on the last axis, "
-            f"received shape {tuple(y_pred.shape)}; use the Binary metrics for one output"
-        )
-    if len(y_true.shape) == 2 and y_true.shape[-1] == n_classes:
-        class_ids = ops.argmax(y_true, axis=-1)
-    elif len(y_true.shape) == 1 or (len(y_true.shape) == 2 and y_true.shape[-1] == 1):
-        class_ids = ops.reshape(y_true, (-1,))
-    else:
-        raise ValueError(
-            f"labels must be one-hot of shape (batch, {n_classes}) or class ids of shape "
-            f"(batch,) or (batch, 1), received shape {tuple(y_true.shape)}"
-        )
-    mask = ops.one_hot(ops.cast(class_ids, "int32"), n_classes, dtype=y_pred.dtype)
-    true_score = ops.sum(y_pred * mask, axis=-1)
-    lowest = ops.min(y_pred) - 1.0  # a value below every score, keeps gradients finite
-    best_other = ops.max(ops.where(mask > 0, lowest, y_pred), axis=-1)
-    return true_score - best_other
-
-
-def _binary_margin(y_true, y_pred):
-    """Signed score ``s f(x)`` with ``s = +1`` for labels > 0, ``-1`` otherwise.
-
-    Labels in {0, 1} and in {-1, +1} both work. ``y_pred`` has shape ``(batch,)`` or
-    ``(batch, 1)``; the result has shape ``(batch,)``.
-    """
-    if len(y_pred.shape) > 2 or (len(y_pred.shape) == 2 and y_pred.shape[-1] != 1):
-        raise ValueError(
-            "binary predictions must have shape (batch,) or (batch, 1), "
-            f"received shape {tuple(y_pred.shape)}"
-        )
-    y_pred = ops.reshape(y_pred, (-1,))
-    sign = ops.where(ops.reshape(y_true, (-1,)) > 0, 1.0, -1.0)
-    return ops.cast(sign, y_pred.dtype) * y_pred
-
-
 # ------------------------------------------------------------------ metrics
+
+_REDUCTIONS = ("auto", "sum_over_batch_size", "mean", "sum")
 
 
 class _StreamingMean(keras.metrics.Metric):
@@ -141,10 +70,19 @@ class _StreamingMean(keras.metrics.Metric):
 
     State: ``total = sum_i w_i v_i`` and ``count = sum_i w_i`` (both summed across
     replicas under a distribution strategy); ``result() = total / count`` (0 before any
-    update).
+    update), or ``total`` with ``reduction="sum"``. Samples whose labels are invalid or
+    whose predictions are not finite count with the value 0 (not certified): eagerly
+    invalid labels raise, inside ``fit`` (traced, no value known) they are counted so.
     """
 
-    def __init__(self, name=None, dtype=None):
+    def __init__(self, name=None, dtype=None, reduction="auto"):
+        if reduction not in _REDUCTIONS:
+            raise ValueError(
+                f"reduction must be one of {_REDUCTIONS} for a streaming metric (per-sample "
+                "values: deel_lip.robustness.certified_radius), received: "
+                f"{reduction!r}"
+            )
+        self.reduction = reduction
         super().__init__(name=name, dtype=dtype)
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
@@ -157,37 +95,48 @@ class _StreamingMean(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         """Add a batch: ``y_true`` labels, ``y_pred`` logits, optional per-sample weights."""
-        y_pred = ops.cast(ops.convert_to_tensor(y_pred), self.dtype)
+        y_pred = ops.convert_to_tensor(y_pred)
         y_true = ops.convert_to_tensor(y_true)
-        values = self._values(self._signed_radius(y_true, y_pred))
+        radius, ok = self._signed_radius(y_true, y_pred)
+        values = ops.cast(ops.where(ok, self._values(radius), 0.0), self.dtype)
         if sample_weight is None:
             weights = ops.ones_like(values)
         else:
             weights = ops.cast(ops.convert_to_tensor(sample_weight), self.dtype)
-            if len(weights.shape) > 1:
-                weights = ops.reshape(weights, (-1,))
+            if len(weights.shape) == 1 or (len(weights.shape) == 2 and weights.shape[-1] == 1):
+                weights = ops.reshape(weights, (-1, 1))
             weights = ops.broadcast_to(weights, ops.shape(values))
         self.total.assign_add(ops.sum(values * weights))
         self.count.assign_add(ops.sum(weights))
 
     def result(self):
+        if self.reduction == "sum":
+            return ops.convert_to_tensor(self.total)
         return ops.divide_no_nan(self.total, self.count)
+
+    def get_config(self):
+        return {**super().get_config(), "reduction": self.reduction}
 
 
 class _CategoricalMixin:
     def _signed_radius(self, y_true, y_pred):
+        class_ids, valid = _class_ids(self.name, y_true, y_pred)
+        margin = _margin_from_ids(class_ids, y_pred)
+        finite = ops.all(ops.isfinite(ops.cast(y_pred, margin.dtype)), axis=-1)
         factor = _certificate_factor(self.lip_const, self.disjoint_neurons)
-        return _multiclass_margin(y_true, y_pred) / factor
+        ok = ops.logical_and(valid, finite)
+        return ops.reshape(margin / factor, (-1, 1)), ops.reshape(ok, (-1, 1))
 
 
 class _BinaryMixin:
     def _signed_radius(self, y_true, y_pred):
-        return _binary_margin(y_true, y_pred) / self.lip_const
+        margin, ok = _binary_margins(self.name, y_true, y_pred)
+        return margin / self.lip_const, ok
 
 
 class _RobustAccuracyMixin:
     def _values(self, signed_radius):
-        return ops.cast(signed_radius > self.epsilon, self.dtype)
+        return ops.cast(signed_radius > self.epsilon, signed_radius.dtype)
 
 
 class _AvgRobustnessMixin:
@@ -211,20 +160,22 @@ class CategoricalProvableRobustAccuracy(_CategoricalMixin, _RobustAccuracyMixin,
             certificate, valid for every ``L``-Lipschitz network, deel-lip's default);
             False when the whole output vector is ``L``-Lipschitz (tighter
             ``sqrt(2) L`` certificate, e.g. a network ending with `SpectralDense`).
+        reduction: deel-lip's argument: ``"auto"``, ``"sum_over_batch_size"`` or
+            ``"mean"`` (the weighted mean), ``"sum"`` (the weighted sum).
         name: metric name.
         dtype: dtype of the state and of the computation.
 
     Input shape:
-        ``y_true``: one-hot ``(batch, n_classes)`` (argmax = class; {0,1}, {-1,+1} or
-        smoothed labels all work) or class ids ``(batch,)`` / ``(batch, 1)``;
+        ``y_true``: one-hot ``(batch, n_classes)`` (class = the single argmax of the row;
+        {0,1}, {-1,+1} or smoothed labels) or class ids ``(batch,)`` / ``(batch, 1)``;
         ``y_pred``: logits ``(batch, n_classes)``, ``n_classes >= 2``.
 
     Output shape:
         Scalar.
 
     Raises:
-        ValueError: ``epsilon < 0``, ``lip_const <= 0``, or label / prediction shapes
-            that do not fit (at the first update).
+        ValueError: ``epsilon < 0``, ``lip_const <= 0``, a bad ``reduction``, or (at an
+            update) shapes that do not fit or, eagerly, invalid labels.
         TypeError: ``disjoint_neurons`` not a bool.
     """
 
@@ -233,13 +184,14 @@ class CategoricalProvableRobustAccuracy(_CategoricalMixin, _RobustAccuracyMixin,
         epsilon=36 / 255,
         lip_const=1.0,
         disjoint_neurons=True,
-        name="CategoricalProvableRobustAccuracy",
+        reduction="auto",
+        name="categorical_provable_robust_accuracy",
         dtype=None,
     ):
         self.epsilon = _check_epsilon(epsilon)
         self.lip_const = _check_lip_const(lip_const)
         self.disjoint_neurons = _check_bool("disjoint_neurons", disjoint_neurons)
-        super().__init__(name=name, dtype=dtype)
+        super().__init__(name=name, dtype=dtype, reduction=reduction)
 
     def get_config(self):
         return {
@@ -255,32 +207,42 @@ class BinaryProvableRobustAccuracy(_BinaryMixin, _RobustAccuracyMixin, _Streamin
     """Fraction of samples correctly classified with a certified L2 radius above ``epsilon``.
 
     ``mean_i [ s_i f(x_i) / L > epsilon ]`` with ``s_i = +1`` for a label > 0 and ``-1``
-    otherwise: the class is the sign of the single output ``f``.
+    otherwise: the class is the sign of the output ``f``. With ``(batch, outputs)``
+    predictions (multilabel, as deel-lip) each output is a binary problem and the mean
+    runs over every (sample, output) pair.
 
     Args:
         epsilon: L2 radius to certify (>= 0).
         lip_const: Lipschitz constant ``L`` of the network (> 0).
+        reduction: deel-lip's argument: ``"auto"``, ``"sum_over_batch_size"`` or
+            ``"mean"`` (the weighted mean), ``"sum"`` (the weighted sum).
         name: metric name.
         dtype: dtype of the state and of the computation.
 
     Input shape:
-        ``y_true``: labels in {0, 1} or {-1, +1}, ``(batch,)`` or ``(batch, 1)``;
-        ``y_pred``: scores ``(batch,)`` or ``(batch, 1)``.
+        ``y_true``: labels in {0, 1} or {-1, +1} of the shape of ``y_pred``
+        (``(batch,)`` accepted for one output); ``y_pred``: ``(batch,)``, ``(batch, 1)``
+        or ``(batch, outputs)``.
 
     Output shape:
         Scalar.
 
     Raises:
-        ValueError: ``epsilon < 0``, ``lip_const <= 0``, or predictions with more than one
-            output (at the first update).
+        ValueError: ``epsilon < 0``, ``lip_const <= 0``, a bad ``reduction``, or (at an
+            update) shapes that do not fit or, eagerly, labels outside {0, 1}, {-1, +1}.
     """
 
     def __init__(
-        self, epsilon=36 / 255, lip_const=1.0, name="BinaryProvableRobustAccuracy", dtype=None
+        self,
+        epsilon=36 / 255,
+        lip_const=1.0,
+        reduction="auto",
+        name="binary_provable_robust_accuracy",
+        dtype=None,
     ):
         self.epsilon = _check_epsilon(epsilon)
         self.lip_const = _check_lip_const(lip_const)
-        super().__init__(name=name, dtype=dtype)
+        super().__init__(name=name, dtype=dtype, reduction=reduction)
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon, "lip_const": self.lip_const}
@@ -300,6 +262,8 @@ class CategoricalProvableAvgRobustness(_CategoricalMixin, _AvgRobustnessMixin, _
         lip_const: Lipschitz constant ``L`` of the network (> 0).
         disjoint_neurons: see `CategoricalProvableRobustAccuracy`.
         negative_robustness: count misclassified samples negatively instead of as 0.
+        reduction: deel-lip's argument: ``"auto"``, ``"sum_over_batch_size"`` or
+            ``"mean"`` (the weighted mean), ``"sum"`` (the weighted sum).
         name: metric name.
         dtype: dtype of the state and of the computation.
 
@@ -310,7 +274,8 @@ class CategoricalProvableAvgRobustness(_CategoricalMixin, _AvgRobustnessMixin, _
         Scalar.
 
     Raises:
-        ValueError: ``lip_const <= 0`` or label / prediction shapes that do not fit.
+        ValueError: ``lip_const <= 0``, a bad ``reduction``, or (at an update) shapes that
+            do not fit or, eagerly, invalid labels.
         TypeError: ``disjoint_neurons`` or ``negative_robustness`` not a bool.
     """
 
@@ -319,13 +284,14 @@ class CategoricalProvableAvgRobustness(_CategoricalMixin, _AvgRobustnessMixin, _
         lip_const=1.0,
         disjoint_neurons=True,
         negative_robustness=False,
-        name="CategoricalProvableAvgRobustness",
+        reduction="auto",
+        name="categorical_provable_avg_robustness",
         dtype=None,
     ):
         self.lip_const = _check_lip_const(lip_const)
         self.disjoint_neurons = _check_bool("disjoint_neurons", disjoint_neurons)
         self.negative_robustness = _check_bool("negative_robustness", negative_robustness)
-        super().__init__(name=name, dtype=dtype)
+        super().__init__(name=name, dtype=dtype, reduction=reduction)
 
     def get_config(self):
         return {
@@ -346,6 +312,8 @@ class BinaryProvableAvgRobustness(_BinaryMixin, _AvgRobustnessMixin, _StreamingM
     Args:
         lip_const: Lipschitz constant ``L`` of the network (> 0).
         negative_robustness: count misclassified samples negatively instead of as 0.
+        reduction: deel-lip's argument: ``"auto"``, ``"sum_over_batch_size"`` or
+            ``"mean"`` (the weighted mean), ``"sum"`` (the weighted sum).
         name: metric name.
         dtype: dtype of the state and of the computation.
 
@@ -356,7 +324,8 @@ class BinaryProvableAvgRobustness(_BinaryMixin, _AvgRobustnessMixin, _StreamingM
         Scalar.
 
     Raises:
-        ValueError: ``lip_const <= 0`` or predictions with more than one output.
+        ValueError: ``lip_const <= 0``, a bad ``reduction``, or (at an update) shapes that
+            do not fit or, eagerly, labels outside {0, 1} and {-1, +1}.
         TypeError: ``negative_robustness`` not a bool.
     """
 
@@ -364,12 +333,13 @@ class BinaryProvableAvgRobustness(_BinaryMixin, _AvgRobustnessMixin, _StreamingM
         self,
         lip_const=1.0,
         negative_robustness=False,
-        name="BinaryProvableAvgRobustness",
+        reduction="auto",
+        name="binary_provable_avg_robustness",
         dtype=None,
     ):
         self.lip_const = _check_lip_const(lip_const)
         self.negative_robustness = _check_bool("negative_robustness", negative_robustness)
-        super().__init__(name=name, dtype=dtype)
+        super().__init__(name=name, dtype=dtype, reduction=reduction)
 
     def get_config(self):
         return {

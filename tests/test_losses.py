@@ -55,13 +55,18 @@ def test_hinge_margin_hand_values():
 
 
 def test_hkr_hand_values():
-    # (1 - a) * (-[4, 2, 1, -2]) + a * [0, 0, 0, 1.5] with a = 0.5
-    expected = [-2.0, -1.0, -0.5, 1.75]
+    # deel-lip: -[4, 2, 1, -2] + a * [0, 0, 0, 1.5] with a = 0.5
+    expected = [-4.0, -2.0, -1.0, 2.75]
     np.testing.assert_allclose(_values(L.HKR(0.5, 1.0), Y_BIN, F_BIN), expected, rtol=1e-6)
-    assert float(L.HKR(0.5, 1.0)(Y_BIN, F_BIN)) == pytest.approx(-0.4375)
-    # alpha = 0: -KR; alpha = 1: the hinge alone
+    assert float(L.HKR(0.5, 1.0)(Y_BIN, F_BIN)) == pytest.approx(-1.0625)
+    # alpha = 0: -KR; alpha = inf: the hinge alone
     assert float(L.HKR(0.0)(Y_BIN, F_BIN)) == pytest.approx(-1.25)
-    assert float(L.HKR(1.0)(Y_BIN, F_BIN)) == pytest.approx(0.375)
+    assert float(L.HKR(math.inf)(Y_BIN, F_BIN)) == pytest.approx(0.375)
+    # convex: (1 - a) * (-[4, 2, 1, -2]) + a * [0, 0, 0, 1.5]; a = 1: the hinge alone
+    expected = [-2.0, -1.0, -0.5, 1.75]
+    convex = L.HKR(0.5, 1.0, convex=True)
+    np.testing.assert_allclose(_values(convex, Y_BIN, F_BIN), expected, rtol=1e-6)
+    assert float(L.HKR(1.0, convex=True)(Y_BIN, F_BIN)) == pytest.approx(0.375)
 
 
 def test_tau_binary_crossentropy_hand_values():
@@ -109,10 +114,15 @@ def test_multiclass_hinge_hand_values():
 
 
 def test_multiclass_hkr_hand_values():
-    # 0.5 * (-0.605556) + 0.5 * mean([0.5/3, 0.7/3, 0.5, 1.0]) = 0.5 * (-0.605556 + 0.475)
+    # -0.605556 + 0.5 * mean([0.5/3, 0.7/3, 0.5, 1.0]) = -0.605556 + 0.5 * 0.475
     kr = ((1.0 - 0.4 / 3) + 0.25 + 0.7) / 3
-    expected = 0.5 * (-kr) + 0.5 * 0.475
-    assert float(L.MulticlassHKR(0.5, 1.0)(Y_MC, F_MC)) == pytest.approx(expected, rel=1e-5)
+    assert float(L.MulticlassHKR(0.5, 1.0)(Y_MC, F_MC)) == pytest.approx(
+        -kr + 0.5 * 0.475, rel=1e-5
+    )
+    # convex: 0.5 * (-0.605556) + 0.5 * 0.475
+    assert float(L.MulticlassHKR(0.5, 1.0, convex=True)(Y_MC, F_MC)) == pytest.approx(
+        0.5 * (-kr) + 0.5 * 0.475, rel=1e-5
+    )
 
 
 def test_multi_margin_and_categorical_hinge_hand_values():
@@ -138,7 +148,9 @@ def test_soft_hkr_hand_values_equal_weights():
     # get softmax weights 1/2 whatever T.
     # row 0: y=0, f=[1,-1,-1]: KR = -(1 - (-1)) = -2; hinge = relu(-0.5) + relu(-0.5) = 0
     # row 1: y=2, f=[.25,.25,0]: KR = -(0 - 0.25) = 0.25; hinge = relu(0.5) + relu(0.75) = 1.25
-    loss = L.MulticlassSoftHKR(alpha=0.5, min_margin=1.0, alpha_mean=1.0, temperature=3.0)
+    loss = L.MulticlassSoftHKR(
+        alpha=0.5, min_margin=1.0, alpha_mean=1.0, temperature=3.0, convex=True
+    )
     np.testing.assert_allclose(_values(loss, Y_EQ, F_EQ), [-1.0, 0.75], rtol=1e-6)
 
 
@@ -148,7 +160,9 @@ def test_soft_hkr_adaptive_temperature():
     # w1 = 1 / (1 + exp(-4)), w2 = 1 - w1
     # KR = -(2 - (4 w1 - 6 w2)) = 10 w1 - 8; hinge = 0 + 4.5 w1 + 0 (m = 1)
     y, f = np.array([[1.0, 0.0, 0.0]]), np.array([[2.0, 4.0, -6.0]])
-    loss = L.MulticlassSoftHKR(alpha=0.5, min_margin=1.0, alpha_mean=0.5, temperature=1.0)
+    loss = L.MulticlassSoftHKR(
+        alpha=0.5, min_margin=1.0, alpha_mean=0.5, temperature=1.0, convex=True
+    )
     w1 = 1.0 / (1.0 + math.exp(-4.0))
     assert float(loss(y, f)) == pytest.approx(0.5 * (10 * w1 - 8) + 0.5 * 4.5 * w1, rel=1e-5)
     assert float(loss.current_mean) == pytest.approx(2.5)
@@ -156,7 +170,9 @@ def test_soft_hkr_adaptive_temperature():
     w1 = 1.0 / (1.0 + math.exp(-10.0 / 3.25))
     assert float(loss(y, f)) == pytest.approx(0.5 * (10 * w1 - 8) + 0.5 * 4.5 * w1, rel=1e-5)
     # without the running mean (alpha_mean = 1): T = 1, w1 = 1 / (1 + exp(-10))
-    fixed = L.MulticlassSoftHKR(alpha=0.5, min_margin=1.0, alpha_mean=1.0, temperature=1.0)
+    fixed = L.MulticlassSoftHKR(
+        alpha=0.5, min_margin=1.0, alpha_mean=1.0, temperature=1.0, convex=True
+    )
     w1 = 1.0 / (1.0 + math.exp(-10.0))
     assert float(fixed(y, f)) == pytest.approx(0.5 * (10 * w1 - 8) + 0.5 * 4.5 * w1, rel=1e-5)
 
@@ -366,7 +382,7 @@ def test_shape_mismatch_raises_naming_both_shapes(loss, y, f):
 
 
 def test_bad_label_values_raise():
-    with pytest.raises(ValueError, match=r"y_true must hold labels in \{0, 1\}.*0\.5"):
+    with pytest.raises(ValueError, match=r"y_true must be labels in \{0, 1\}.*0\.5"):
         L.HKR(0.5)(np.array([[1.0], [0.5], [0.0], [1.0]]), F_BIN)
     with pytest.raises(ValueError, match="y_true"):  # a mix of both encodings
         L.KR()(np.array([[1.0], [0.0], [-1.0], [1.0]]), F_BIN)
@@ -411,18 +427,22 @@ def test_invalid_reduction_raises():
         L.HKR(0.5, reduction="max")
 
 
-def test_legacy_alpha_is_converted_with_a_warning():
-    with pytest.warns(UserWarning, match="legacy"):
-        loss = L.MulticlassHKR(alpha=10.0)
-    assert float(loss.alpha) == pytest.approx(10.0 / 11.0)
-    # same minimiser: the legacy loss -KR + 10 hinge divided by 11
-    legacy = (-L.MulticlassKR()(Y_MC, F_MC) + 10.0 * L.MulticlassHinge()(Y_MC, F_MC)) / 11.0
-    assert float(loss(Y_MC, F_MC)) == pytest.approx(float(legacy), rel=1e-5)
-    with pytest.warns(UserWarning, match="legacy"):
-        assert float(L.HKR(alpha=math.inf).alpha) == 1.0
+def test_alpha_follows_deel_lip_and_convex_is_explicit():
+    # deel-lip: -KR + alpha * hinge for every alpha, no warning, no conversion
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        L.HKR(alpha=1.0)
+        loss = L.MulticlassHKR(alpha=10.0)
+    assert float(loss.alpha) == 10.0
+    expected = -L.MulticlassKR()(Y_MC, F_MC) + 10.0 * L.MulticlassHinge()(Y_MC, F_MC)
+    assert float(loss(Y_MC, F_MC)) == pytest.approx(float(expected), rel=1e-5)
+    # the convex form refuses alpha > 1 instead of converting it
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\] with convex=True"):
+        L.HKR(alpha=1.5, convex=True)
+    # same objective up to a positive factor: convex a <-> a / (1 - a), times (1 - a)
+    a = 0.8
+    convex = float(L.MulticlassHKR(a, convex=True)(Y_MC, F_MC))
+    default = float(L.MulticlassHKR(a / (1 - a))(Y_MC, F_MC))
+    assert convex == pytest.approx((1 - a) * default, rel=1e-5)
 
 
 def test_setting_a_hyper_parameter_assigns_and_checks():

@@ -193,16 +193,16 @@ def test_metrics_stream_in_evaluate_and_fit(real_logits):
     results = model.evaluate(index_inputs, one_hot, batch_size=64, return_dict=True, verbose=0)
     signed_whole = certified_radius(logits, labels, disjoint_neurons=False, negative=True)
     signed_disjoint = certified_radius(logits, labels, disjoint_neurons=True, negative=True)
-    assert results["CategoricalProvableRobustAccuracy"] == pytest.approx(
+    assert results["categorical_provable_robust_accuracy"] == pytest.approx(
         np.mean(signed_whole > 0.1), rel=1e-5
     )
-    assert results["CategoricalProvableAvgRobustness"] == pytest.approx(
+    assert results["categorical_provable_avg_robustness"] == pytest.approx(
         signed_disjoint.mean(), rel=1e-5
     )
     # fit reports the metric over the whole epoch, not the last batch
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse", metrics=metrics[:1])
     history = model.fit(index_inputs, one_hot, batch_size=100, epochs=1, verbose=0)
-    assert history.history["CategoricalProvableRobustAccuracy"][0] == pytest.approx(
+    assert history.history["categorical_provable_robust_accuracy"][0] == pytest.approx(
         np.mean(signed_whole > 0.1), rel=1e-5
     )
 
@@ -264,8 +264,10 @@ def test_shape_errors():
         CategoricalProvableRobustAccuracy().update_state(np.ones((4, 1)), np.ones((4, 1)))
     with pytest.raises(ValueError, match="one-hot"):
         CategoricalProvableRobustAccuracy().update_state(np.ones((4, 3)), np.ones((4, 5)))
-    with pytest.raises(ValueError, match="binary predictions"):
+    with pytest.raises(ValueError, match=r"y_true must have the shape of y_pred"):
         BinaryProvableRobustAccuracy().update_state(np.ones((4,)), np.ones((4, 3)))
+    with pytest.raises(ValueError, match="binary predictions"):
+        BinaryProvableRobustAccuracy().update_state(np.ones((4,)), np.ones((4, 3, 1)))
     with pytest.raises(ValueError, match="negative=True needs labels"):
         certified_radius(np.ones((4, 3)), negative=True)
     with pytest.raises(ValueError, match="class ids"):
@@ -313,9 +315,9 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent(
     signed_disjoint = certified_radius(logits, labels, disjoint_neurons=True, negative=True)
     print(json.dumps({
         "replicas": strategy.num_replicas_in_sync,
-        "accuracy": [result["CategoricalProvableRobustAccuracy"],
+        "accuracy": [result["categorical_provable_robust_accuracy"],
                      float(np.mean(signed_whole > 0.1))],
-        "avg": [result["CategoricalProvableAvgRobustness"], float(signed_disjoint.mean())],
+        "avg": [result["categorical_provable_avg_robustness"], float(signed_disjoint.mean())],
     }))
     """
 )

@@ -12,11 +12,23 @@ All are `keras.losses.Loss` subclasses returning one value per sample, so every 
 reduction and ``sample_weight`` apply. Hyper-parameters (``alpha``, ``min_margin``,
 ``tau``, ``temperature``, ``alpha_mean``, ``penalty``) are non-trainable
 ``keras.Variable`` s: ``loss.alpha = 0.5`` or `deel_lip.callbacks.LossParamScheduler`
-changes them inside a compiled ``fit``. HKR-type losses weight their terms as
-``(1 - alpha) * KR + alpha * hinge`` with ``alpha`` in ``[0, 1]`` (deel-lip >= 1.5);
-``alpha > 1`` (older convention ``KR + alpha * hinge``) is converted with a warning.
+changes them inside a compiled ``fit``.
+
+Semantics are deel-lip's by default: ``HKR`` / ``MulticlassHKR`` are
+``-KR + alpha * hinge`` (``alpha >= 0``, ``inf`` = hinge only, default 10 for the
+multiclass ones), ``MulticlassSoftHKR`` is ``KR / alpha + hinge``; ``convex=True``
+selects ``(1 - alpha) * KR + alpha * hinge`` with ``alpha`` in ``[0, 1]`` (the convention
+of deel_lip < 2 and deel-torchlip; ``LseHKR`` always uses it). Hinges use ``min_margin / 2``
+on each side of the boundary, as deel-lip. ``multi_gpu=`` is accepted (not needed: the
+KR term is exact under ``tf.distribute``), and `process_labels_for_multi_gpu` gives
+deel-lip's pre-processed labels, which the losses read by their sign.
+
+Labels are validated: eagerly a ValueError, inside a traced ``fit`` (no value known,
+no host round trip) NaN values on the invalid rows. NaN predictions give NaN values
+(nothing is raised): keep ``keras.callbacks.TerminateOnNaN`` in long trainings.
 """
 
+from deel_lip.losses._base import process_labels_for_multi_gpu
 from deel_lip.losses.crossentropy import (
     TauBinaryCrossentropy,
     TauCategoricalCrossentropy,
@@ -40,4 +52,5 @@ __all__ = [
     "TauCategoricalCrossentropy",
     "TauSparseCategoricalCrossentropy",
     "TauBinaryCrossentropy",
+    "process_labels_for_multi_gpu",
 ]

@@ -51,11 +51,12 @@ def check_unit_interval(name: str, value) -> float:
 
 
 def check_alpha(name: str, value) -> float:
-    """The hinge weight ``alpha`` in ``[0, 1]``; legacy values > 1 are converted.
+    """``alpha`` in ``[0, 1]`` (convex weighting); legacy values > 1 are converted.
 
-    deel-lip < 1.5 weighted the terms as ``KR + alpha * hinge`` with ``alpha >= 0``. The
-    same minimiser is obtained with ``alpha / (1 + alpha)`` in ``(1 - alpha) KR + alpha
-    hinge`` (the loss is divided by ``1 + alpha``); ``inf`` (hinge only) becomes 1.
+    Used by `LseHKR` (whose reference, deel-torchlip, weights ``(1 - alpha) KR + alpha
+    hinge``): ``alpha > 1`` in ``KR + alpha * hinge`` has the same minimiser as
+    ``alpha / (1 + alpha)`` in the convex form (loss divided by ``1 + alpha``); ``inf``
+    (hinge only) becomes 1. The conversion warns.
     """
     value = _as_float(name, value)
     if value < 0:
@@ -63,7 +64,7 @@ def check_alpha(name: str, value) -> float:
     if value > 1:
         converted = 1.0 if math.isinf(value) else value / (1.0 + value)
         warnings.warn(
-            f"{name}={value!r} > 1 follows the legacy convention 'KR + {name} * hinge'; "
+            f"{name}={value!r} > 1 follows the convention 'KR + {name} * hinge'; "
             f"using {name}={converted!r} in '(1 - {name}) * KR + {name} * hinge' (same "
             f"minimiser, loss divided by 1 + {name}).",
             UserWarning,
@@ -71,6 +72,50 @@ def check_alpha(name: str, value) -> float:
         )
         value = converted
     return value
+
+
+def check_hinge_weight(name: str, value) -> float:
+    """deel-lip's ``alpha``: a number ``>= 0`` or ``inf`` (hinge only)."""
+    value = _as_float(name, value)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0 (or inf: hinge only), received: {value!r}")
+    return value
+
+
+def check_positive_or_inf(name: str, value) -> float:
+    """A number ``> 0`` or ``inf``."""
+    value = _as_float(name, value)
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0 (or inf), received: {value!r}")
+    return value
+
+
+def check_convex_alpha(name: str, value) -> float:
+    """``alpha`` of the convex form ``(1 - alpha) KR + alpha hinge``: in ``[0, 1]``."""
+    value = _as_float(name, value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"{name} must be in [0, 1] with convex=True, received: {value!r} (with the "
+            f"default convex=False, '-KR + {name} * hinge' accepts any {name} >= 0)"
+        )
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, received: {value!r}")
+    return bool(value)
+
+
+def hinge_weights(alpha):
+    """``(w_kr, w_hinge)`` of ``-w_kr KR + w_hinge hinge`` for deel-lip's ``alpha``.
+
+    ``(1, alpha)``, and ``(0, 1)`` for ``alpha = inf`` (hinge only), without forming
+    ``inf * 0`` (whose gradient would be NaN).
+    """
+    infinite = ops.isinf(alpha)
+    zero, one = ops.zeros_like(alpha), ops.ones_like(alpha)
+    return ops.where(infinite, zero, one), ops.where(infinite, one, alpha)
 
 
 def float32_value(variable) -> float:
@@ -83,8 +128,9 @@ class HyperParameter:
 
     Reading the attribute returns the variable (so `LossParamScheduler` can ``assign``
     it); setting it to a number checks the number and assigns it to the variable, so the
-    change reaches a compiled train step. ``check(name, value) -> float`` validates;
-    assigning the variable itself (as `LossParamScheduler` does) bypasses the check.
+    change reaches a compiled train step. ``check(name, value) -> float`` validates (a
+    loss may refine it per instance in `LipLoss.check_hyper`); assigning the variable
+    itself (as `LossParamScheduler` does) bypasses the check.
     """
 
     def __init__(self, check):
@@ -100,7 +146,7 @@ class HyperParameter:
         return instance.__dict__[self.slot]
 
     def __set__(self, instance, value):
-        value = self.check(self.name, value)
+        value = instance.check_hyper(self.name, value)
         variable = instance.__dict__.get(self.slot)
         if variable is None:
             instance.__dict__[self.slot] = keras.Variable(
@@ -120,12 +166,18 @@ class LipLoss(keras.losses.Loss):
     _hyper_parameters: tuple[str, ...] = ()
 
     def __init__(self, reduction="sum_over_batch_size", name=None, dtype=None, **hyper):
+        if reduction == "auto":  # deel-lip's default (Keras 2's Reduction.AUTO)
+            reduction = "sum_over_batch_size"
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self._dtype_argument = dtype
         for key in self._hyper_parameters:
             setattr(self, key, hyper.pop(key))
         if hyper:
             raise TypeError(f"unexpected arguments: {sorted(hyper)}")
+
+    def check_hyper(self, name: str, value) -> float:
+        """The checked value of hyper-parameter ``name`` (ValueError if invalid)."""
+        return getattr(type(self), name).check(name, value)
 
     def hyper(self, name: str, dtype):
         """The current value of a hyper-parameter, cast to ``dtype``."""
@@ -140,6 +192,15 @@ class LipLoss(keras.losses.Loss):
             dtype = keras.dtype_policies.serialize(dtype)
         config["dtype"] = dtype
         return config
+
+    def invalid_to_nan(self, values, valid):
+        """``values`` with NaN on the rows whose labels are invalid (traced mode).
+
+        Eagerly, invalid labels already raised; inside ``fit`` the reported loss becomes
+        NaN while the gradient of the valid rows is unchanged (no host round trip).
+        """
+        valid = ops.reshape(valid, ops.shape(values))
+        return ops.where(valid, values, ops.cast(float("nan"), values.dtype))
 
     @classmethod
     def from_config(cls, config: dict):
@@ -197,31 +258,6 @@ def need_classes(loss: str, y_pred, minimum: int = 2) -> int:
     return int(classes)
 
 
-def check_sign_labels(loss: str, y_true, one_positive: bool = False) -> None:
-    """Labels in {0, 1} or in {-1, +1} (checked in eager mode only, where it is cheap).
-
-    With ``one_positive`` every row (last axis) must hold exactly one positive label.
-    """
-    if not _backend.executing_eagerly():
-        return
-    values = np.asarray(ops.convert_to_numpy(y_true))
-    present = set(np.unique(values).tolist())
-    if not (present <= {0.0, 1.0} or present <= {-1.0, 1.0}):
-        shown = sorted(present)[:6]
-        raise ValueError(
-            f"{loss}: y_true must hold labels in {{0, 1}} or in {{-1, +1}}, received "
-            f"values {shown} in y_true of shape {values.shape}"
-        )
-    if one_positive and values.size:
-        positives = np.sum(values > 0, axis=-1)
-        if np.any(positives != 1):
-            raise ValueError(
-                f"{loss}: every row of y_true must have exactly one positive (one-hot) "
-                f"label, received rows with {sorted(set(positives.ravel().tolist()))} "
-                f"positives in y_true of shape {values.shape}"
-            )
-
-
 def positives(y_true, dtype):
     """1 where the label is positive (> 0), 0 elsewhere."""
     return ops.cast(ops.greater(y_true, 0), dtype)
@@ -232,7 +268,8 @@ def kr_values(y_true, y_pred):
 
     For each output ``k`` with positive samples ``P_k`` and negative samples ``N_k`` in
     the global batch (all replicas of a ``tf.distribute`` strategy),
-    ``KR_k = mean_{P_k} f_k - mean_{N_k} f_k`` (a term whose class is absent is 0). The
+    ``KR_k = mean_{P_k} f_k - mean_{N_k} f_k`` (an absent class contributes 0 to it,
+    e.g. ``KR_k = -mean f_k`` in a batch without positives, as in deel-lip). The
     value of sample ``i`` is ``n * mean_k f_ik w_ik`` with ``w_ik = 1/|P_k|`` if
     ``i in P_k`` and ``-1/|N_k|`` otherwise, so that ``mean_i value_i = mean_k KR_k``.
 
@@ -251,3 +288,35 @@ def kr_values(y_true, y_pred):
     weights = pos * inv_pos - (1.0 - pos) * inv_neg
     scale = local_batch * _backend.num_replicas_in_sync()
     return scale * ops.mean(y_pred * weights, axis=-1)
+
+
+def process_labels_for_multi_gpu(labels):
+    """deel-lip's label pre-processing for its ``multi_gpu=True`` KR losses.
+
+    Returns ``n / |P_k|`` where the label of output ``k`` is positive (``> 0``) and
+    ``-n / |N_k|`` elsewhere, ``n`` the number of rows of ``labels`` (the KR weights of
+    `kr_values` times ``n``). deel_lip's losses need no pre-processing (their KR term is
+    exact under ``tf.distribute``): they read such labels by their sign, so code written
+    for deel-lip runs unchanged and gives the same value as with the raw labels.
+
+    Args:
+        labels: ``(batch, outputs)`` labels in ``{0, 1}`` or ``{-1, +1}``.
+
+    Returns:
+        float32 tensor of the shape of ``labels``.
+
+    Raises:
+        ValueError: (eagerly) labels outside ``{0, 1}`` and ``{-1, +1}``.
+    """
+    from deel_lip.losses._labels import enforce, sign_rows
+
+    labels = ops.convert_to_tensor(labels)
+    enforce(
+        "process_labels_for_multi_gpu", labels, sign_rows(labels), "labels in {0, 1} or {-1, +1}"
+    )
+    pos = positives(labels, "float32")
+    n = ops.cast(ops.shape(pos)[0], "float32")
+    n_pos = ops.sum(pos, axis=0)
+    inv_pos = n / ops.maximum(n_pos, 1.0)
+    inv_neg = n / ops.maximum(n - n_pos, 1.0)
+    return pos * inv_pos - (1.0 - pos) * inv_neg

@@ -5,7 +5,10 @@ cross-entropy saturates early; scaling the logits by ``tau`` before the softmax 
 loss by ``1/tau``) sets the trade-off: a small ``tau`` asks for large margins
 (robustness), a large one for accuracy (the loss tends to a hinge with zero margin).
 Every per-sample value is divided by ``tau`` so that gradients keep a comparable scale
-across temperatures.
+across temperatures (deel-lip's definition).
+
+Labels outside the documented encodings raise eagerly and give NaN values inside a
+traced ``fit``; NaN predictions give NaN values (nothing is raised).
 
 Reference:
     Bethune, Boissin, Serrurier, Mamalet, Friedrich, Gonzalez-Sanz, "Pay attention to
@@ -16,19 +19,17 @@ Reference:
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import ops
 
-from deel_lip import _backend
 from deel_lip.losses._base import (
     HyperParameter,
     LipLoss,
     check_positive,
-    check_sign_labels,
     match_shapes,
     need_classes,
     positives,
 )
+from deel_lip.losses._labels import class_id_rows, enforce, probability_rows, sign_rows
 
 __all__ = [
     "TauCategoricalCrossentropy",
@@ -41,7 +42,8 @@ __all__ = [
 class TauCategoricalCrossentropy(LipLoss):
     r"""``-(1/tau) * sum_k y_ik log softmax(tau f_i)_k``.
 
-    Labels are one-hot or probability vectors (soft labels) ``(..., C)``.
+    Labels are one-hot or probability vectors (soft labels) ``(..., C)``: entries in
+    ``[0, 1]`` summing to 1 (``{-1, +1}`` and multi-hot labels are refused).
 
     Args:
         tau: temperature (> 0, a variable).
@@ -56,7 +58,8 @@ class TauCategoricalCrossentropy(LipLoss):
         a scalar, or ``y_pred.shape[:-1]`` without reduction.
 
     Raises:
-        ValueError: for ``tau`` not > 0, differing shapes or fewer than 2 classes.
+        ValueError: for ``tau`` not > 0, differing shapes, fewer than 2 classes, or
+            (eagerly) labels that are not probability rows.
     """
 
     _hyper_parameters = ("tau",)
@@ -74,8 +77,16 @@ class TauCategoricalCrossentropy(LipLoss):
     def call(self, y_true, y_pred):
         y_true, y_pred = match_shapes(self.name, y_true, y_pred)
         need_classes(self.name, y_pred)
+        valid = enforce(
+            self.name,
+            y_true,
+            probability_rows(y_true),
+            "one-hot or probability rows (entries in [0, 1] summing to 1)",
+        )
         tau = self.hyper("tau", y_pred.dtype)
-        return -ops.sum(y_true * ops.log_softmax(tau * y_pred, axis=-1), axis=-1) / tau
+        y_true = ops.cast(y_true, y_pred.dtype)
+        values = -ops.sum(y_true * ops.log_softmax(tau * y_pred, axis=-1), axis=-1) / tau
+        return self.invalid_to_nan(values, valid)
 
 
 @keras.saving.register_keras_serializable("deel_lip")
@@ -126,17 +137,14 @@ class TauSparseCategoricalCrossentropy(LipLoss):
                 f"(shape y_pred.shape[:-1]); received y_true.shape={tuple(y_true.shape)} "
                 f"and y_pred.shape={tuple(y_pred.shape)}"
             )
-        if _backend.executing_eagerly():
-            labels = np.asarray(ops.convert_to_numpy(y_true))
-            bad = (labels != np.round(labels)) | (labels < 0) | (labels >= classes)
-            if np.any(bad):
-                raise ValueError(
-                    f"{self.name}: y_true must hold integer labels in [0, {classes}), "
-                    f"received {sorted(set(labels[bad].tolist()))[:6]}"
-                )
-        one_hot = ops.one_hot(ops.cast(y_true, "int32"), classes, dtype=y_pred.dtype)
+        valid = enforce(
+            self.name, y_true, class_id_rows(y_true, classes), f"integer labels in [0, {classes})"
+        )
+        ids = ops.where(ops.reshape(valid, ops.shape(y_true)), y_true, ops.zeros_like(y_true))
+        one_hot = ops.one_hot(ops.cast(ids, "int32"), classes, dtype=y_pred.dtype)
         tau = self.hyper("tau", y_pred.dtype)
-        return -ops.sum(one_hot * ops.log_softmax(tau * y_pred, axis=-1), axis=-1) / tau
+        values = -ops.sum(one_hot * ops.log_softmax(tau * y_pred, axis=-1), axis=-1) / tau
+        return self.invalid_to_nan(values, valid)
 
 
 @keras.saving.register_keras_serializable("deel_lip")
@@ -174,7 +182,10 @@ class TauBinaryCrossentropy(LipLoss):
 
     def call(self, y_true, y_pred):
         y_true, y_pred = match_shapes(self.name, y_true, y_pred)
-        check_sign_labels(self.name, y_true)
+        valid = enforce(
+            self.name, y_true, sign_rows(y_true), "labels in {0, 1} or in {-1, +1} (one set)"
+        )
         tau = self.hyper("tau", y_pred.dtype)
         signs = 2.0 * positives(y_true, y_pred.dtype) - 1.0
-        return ops.mean(ops.softplus(-tau * signs * y_pred), axis=-1) / tau
+        values = ops.mean(ops.softplus(-tau * signs * y_pred), axis=-1) / tau
+        return self.invalid_to_nan(values, valid)

@@ -6,7 +6,8 @@ wrong classes by how close they are to winning: a softmax over the wrong logits
 sample (no batch-level class means), so they are additive over the batch.
 
 Notation: ``f`` predictions ``(batch, C)``, ``y`` the true class (one-hot labels),
-``m`` = ``min_margin``, ``alpha`` in ``[0, 1]`` the hinge weight.
+``m`` = ``min_margin``. Invalid labels raise eagerly and give NaN values inside a traced
+``fit``; NaN predictions give NaN values (nothing is raised).
 """
 
 from __future__ import annotations
@@ -21,15 +22,21 @@ from deel_lip.losses._base import (
     HyperParameter,
     LipLoss,
     check_alpha,
+    check_bool,
+    check_convex_alpha,
     check_positive,
-    check_sign_labels,
+    check_positive_or_inf,
     check_unit_interval,
+    float32_value,
     match_shapes,
     need_classes,
     positives,
 )
+from deel_lip.losses._labels import enforce, sign_rows
 
 __all__ = ["MulticlassSoftHKR", "LseHKR"]
+
+_SIGN_LABELS = "labels in {0, 1} or in {-1, +1} (one set per batch)"
 
 # bounds of the running mean of |f| and of the effective softmax temperature
 _MEAN_BOUNDS = (0.005, 1000.0)
@@ -38,42 +45,48 @@ _TEMPERATURE_BOUNDS = (0.005, 250.0)
 
 @keras.saving.register_keras_serializable("deel_lip")
 class MulticlassSoftHKR(LipLoss):
-    r"""Softmax-weighted multiclass hKR (Serrurier et al., NeurIPS 2023).
+    r"""Softmax-weighted multiclass hKR (Serrurier et al., NeurIPS 2023; deel-lip's).
 
     Each wrong class ``k != y`` gets the weight
     ``w_ik = exp(T f_ik) / sum_{j != y} exp(T f_ij)`` and the true class the weight 1:
 
     * KR term: ``KR_i = -(f_iy - sum_{k != y} w_ik f_ik)``;
     * hinge term: ``H_i = relu(m/2 - f_iy) + sum_{k != y} w_ik relu(m/2 + f_ik)``;
-    * loss: ``(1 - alpha) * KR_i + alpha * H_i``.
+    * loss (deel-lip): ``KR_i / alpha + H_i`` (``alpha = inf``: ``H_i`` alone), the
+      minimiser of ``-KR + alpha * hinge`` of the other hKR losses, divided by
+      ``alpha``; with ``convex=True``: ``(1 - alpha) * KR_i + alpha * H_i``, ``alpha``
+      in ``[0, 1]`` (``alpha_c`` there is ``alpha = alpha_c / (1 - alpha_c)`` here).
 
     The effective temperature adapts to the scale of the logits: a running mean
     ``mu <- clip(alpha_mean * mu + (1 - alpha_mean) * mean|f|, 0.005, 1000)`` (``mu``
     starts at ``min_margin``; ``mean|f|`` over the global batch under a distribution
     strategy) is updated at every call (validation and `evaluate` included, as in deel-lip:
     a Keras loss cannot tell training from evaluation), and
-    ``T = clip(temperature * m / max(mu, m), 0.005, 250)``. With ``alpha_mean = 1`` the
-    running mean stays at ``m`` and ``T = temperature``. A larger ``temperature`` puts
-    more weight on the highest wrong logit (the nearest other class). The gradient flows
-    through the weights ``w``; ``T`` and ``mu`` carry none.
+    ``T = clip(temperature * m / max(mu, m), 0.005, 250)``. A batch whose ``mean|f|`` is
+    not finite leaves ``mu`` unchanged (one NaN batch does not poison the next ones).
+    ``mu`` is saved in the config (``current_mean``), so a model saved with `model.save`
+    and reloaded resumes with the same temperature. With ``alpha_mean = 1`` the running
+    mean stays at ``m`` and ``T = temperature``. The gradient flows through the weights
+    ``w``; ``T`` and ``mu`` carry none.
 
     Labels are one-hot ``(batch, C)`` in ``{0, 1}`` or ``{-1, +1}``; with multi-hot
     labels every positive output gets the weight 1 and the softmax runs over the
-    negatives. ``alpha > 1`` (deel-lip < 1.5 convention ``KR + alpha * hinge``) is
-    converted to ``alpha / (1 + alpha)`` with a warning.
+    negatives.
 
     Args:
-        alpha: weight of the hinge term in ``[0, 1]`` (a variable).
+        alpha: hinge weight (a variable), ``> 0`` or ``inf``, default 10 (deel-lip's);
+            in ``[0, 1]`` with ``convex=True``.
         min_margin: margin ``m`` (> 0, a variable).
         alpha_mean: momentum of the running mean of ``|f|`` in ``[0, 1]`` (a variable).
         temperature: softmax temperature factor (> 0, a variable).
         reduction: Keras reduction.
         name: name of the loss.
         dtype: dtype (policy) of the computation.
+        convex: use ``(1 - alpha) * KR + alpha * hinge``.
+        current_mean: initial running mean (None: ``min_margin``); set from a config.
 
     Attributes:
-        current_mean: the running mean ``mu`` (a non-trainable variable, not saved in
-            the config).
+        current_mean: the running mean ``mu`` (a non-trainable variable).
 
     Input shape:
         ``y_true`` and ``y_pred``: ``(batch, C)``, ``C >= 2``.
@@ -91,21 +104,24 @@ class MulticlassSoftHKR(LipLoss):
     """
 
     _hyper_parameters = ("alpha", "min_margin", "alpha_mean", "temperature")
-    alpha = HyperParameter(check_alpha)
+    alpha = HyperParameter(check_positive_or_inf)
     min_margin = HyperParameter(check_positive)
     alpha_mean = HyperParameter(check_unit_interval)
     temperature = HyperParameter(check_positive)
 
     def __init__(
         self,
-        alpha=0.9,
+        alpha=10.0,
         min_margin=1.0,
         alpha_mean=0.99,
         temperature=1.0,
         reduction="sum_over_batch_size",
         name="MulticlassSoftHKR",
         dtype=None,
+        convex=False,
+        current_mean=None,
     ):
+        self.convex = check_bool("convex", convex)
         super().__init__(
             reduction=reduction,
             name=name,
@@ -115,13 +131,26 @@ class MulticlassSoftHKR(LipLoss):
             alpha_mean=alpha_mean,
             temperature=temperature,
         )
+        start = ops.convert_to_numpy(self.min_margin) if current_mean is None else current_mean
+        start = check_positive("current_mean", start)
         self.current_mean = keras.Variable(
-            float(ops.convert_to_numpy(self.min_margin)),
+            min(max(start, _MEAN_BOUNDS[0]), _MEAN_BOUNDS[1]),
             dtype="float32",
             trainable=False,
             aggregation="only_first_replica",
             name="current_mean",
         )
+
+    def check_hyper(self, name: str, value) -> float:
+        if name == "alpha" and self.convex:
+            return check_convex_alpha(name, value)
+        return super().check_hyper(name, value)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["convex"] = self.convex
+        config["current_mean"] = float32_value(self.current_mean)
+        return config
 
     def _effective_temperature(self, y_pred):
         """Update the running mean of ``|f|`` and return ``T`` (no gradient)."""
@@ -130,10 +159,9 @@ class MulticlassSoftHKR(LipLoss):
         totals = _backend.cross_replica_sum(ops.stack([ops.sum(abs_pred), size]))
         batch_mean = totals[0] / ops.maximum(totals[1], 1.0)
         momentum = ops.cast(self.alpha_mean, "float32")
-        mean = ops.clip(
-            momentum * ops.cast(self.current_mean, "float32") + (1.0 - momentum) * batch_mean,
-            *_MEAN_BOUNDS,
-        )
+        previous = ops.cast(self.current_mean, "float32")
+        mean = ops.clip(momentum * previous + (1.0 - momentum) * batch_mean, *_MEAN_BOUNDS)
+        mean = ops.where(ops.isfinite(batch_mean), mean, previous)
         self.current_mean.assign(mean)
         margin = ops.cast(self.min_margin, "float32")
         temperature = ops.cast(self.temperature, "float32") * margin / ops.maximum(mean, margin)
@@ -142,7 +170,7 @@ class MulticlassSoftHKR(LipLoss):
     def call(self, y_true, y_pred):
         y_true, y_pred = match_shapes(self.name, y_true, y_pred, rank2=True)
         need_classes(self.name, y_pred)
-        check_sign_labels(self.name, y_true)
+        valid = enforce(self.name, y_true, sign_rows(y_true), _SIGN_LABELS)
         pos = positives(y_true, y_pred.dtype)
         temperature = self._effective_temperature(y_pred)
         wrong_logits = ops.where(pos > 0, -math.inf, temperature * y_pred)
@@ -152,7 +180,12 @@ class MulticlassSoftHKR(LipLoss):
         alpha = self.hyper("alpha", y_pred.dtype)
         kr = -ops.sum(weights * signed, axis=-1)
         hinge = ops.sum(weights * ops.relu(margin / 2.0 - signed), axis=-1)
-        return (1.0 - alpha) * kr + alpha * hinge
+        if self.convex:
+            values = (1.0 - alpha) * kr + alpha * hinge
+        else:
+            kr_weight = ops.where(ops.isinf(alpha), ops.zeros_like(alpha), 1.0 / alpha)
+            values = kr_weight * kr + hinge
+        return self.invalid_to_nan(values, valid)
 
 
 @keras.saving.register_keras_serializable("deel_lip")
@@ -172,7 +205,8 @@ class LseHKR(LipLoss):
     The hinge is zero when the true logit is above ``m/2`` and the smooth maximum of the
     others below ``-m/2``; the KR term pushes the (smooth) margin ``z_iy - L_i`` up.
     Labels are one-hot ``(batch, C)`` in ``{0, 1}`` or ``{-1, +1}``, exactly one positive
-    per row. ``alpha > 1`` is converted to ``alpha / (1 + alpha)`` with a warning.
+    per row. ``alpha`` weights the terms convexly, as in deel-torchlip (LseHKR is not a
+    deel-lip loss); ``alpha > 1`` is converted to ``alpha / (1 + alpha)`` with a warning.
 
     Args:
         alpha: weight of the hinge term in ``[0, 1]`` (a variable).
@@ -229,7 +263,12 @@ class LseHKR(LipLoss):
     def call(self, y_true, y_pred):
         y_true, y_pred = match_shapes(self.name, y_true, y_pred)
         classes = need_classes(self.name, y_pred)
-        check_sign_labels(self.name, y_true, one_positive=True)
+        valid = enforce(
+            self.name,
+            y_true,
+            sign_rows(y_true, one_positive=True),
+            "one-hot labels in {0, 1} or {-1, +1} (exactly one positive per row)",
+        )
         pos = positives(y_true, y_pred.dtype)
         margin = self.hyper("min_margin", y_pred.dtype)
         alpha = self.hyper("alpha", y_pred.dtype)
@@ -243,4 +282,4 @@ class LseHKR(LipLoss):
             smooth_max = ops.logsumexp(t * wrong, axis=-1) / t
         kr = -(true_logit - smooth_max)
         hinge = ops.relu(margin / 2.0 - true_logit) + ops.relu(margin / 2.0 + smooth_max)
-        return (1.0 - alpha) * kr + alpha * hinge
+        return self.invalid_to_nan((1.0 - alpha) * kr + alpha * hinge, valid)

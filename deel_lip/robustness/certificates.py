@@ -9,13 +9,26 @@ radius ``r(x)`` around ``x``:
   ``r(x) = m(x) / (2 L)`` when each output is ``L``-Lipschitz on its own
   (``disjoint_neurons=True``, valid for every ``L``-Lipschitz network).
 
-The formulas are those of `deel_lip.metrics` (same code), evaluated eagerly on arrays.
+The formulas are those of `deel_lip.metrics` (same code), evaluated eagerly on arrays,
+row by row and in at least float32. A certificate is never optimistic by construction:
+
+* a row with a non-finite logit (NaN, ``inf``) gets the radius NaN (no certificate:
+  ``NaN > eps`` is False, so `certified_accuracy` counts it as not certified) and leaves
+  the other rows untouched;
+* invalid labels (class ids outside ``[0, C)``, multi-hot or tied one-hot rows, binary
+  labels outside {0, 1} and {-1, +1}, NaN) raise a ValueError naming ``labels``;
+* 16-bit logits (``mixed_bfloat16`` / ``mixed_float16`` models) warn: the margin is
+  computed in float32, but the network's low-precision inference map itself is not
+  exactly ``L``-Lipschitz (measured 1.002-1.003 for ``L = 1`` in bfloat16, whose
+  rounding unit is 2^-8): certify such a model with a float32 policy at evaluation, or
+  pass ``lip_const = 1.01 * L``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Iterator
 
 import keras
@@ -71,9 +84,25 @@ def _class_targets(labels, logits_shape) -> np.ndarray:
             raise ValueError(
                 f"binary labels must have shape ({n},) or ({n}, 1), received shape {labels.shape}"
             )
+        present = set(np.unique(labels).tolist())
+        if not (present <= {0.0, 1.0} or present <= {-1.0, 1.0}):
+            raise ValueError(
+                "labels (y_true) must be binary labels in {0, 1} or in {-1, +1}, received "
+                f"values {sorted(present, key=str)[:6]} in labels of shape {labels.shape}"
+            )
         return np.where(labels.reshape(n) > 0, 1.0, -1.0)
     n_classes = logits_shape[-1]
     if labels.shape == (n, n_classes):
+        finite = np.all(np.isfinite(labels), axis=-1)
+        top = np.max(np.where(np.isfinite(labels), labels, -np.inf), axis=-1, keepdims=True)
+        single = np.sum(labels == top, axis=-1) == 1
+        if not np.all(finite & single):
+            bad = int(np.flatnonzero(~(finite & single))[0])
+            raise ValueError(
+                "labels (y_true) must be one-hot rows with a single, finite maximum (not "
+                f"multi-hot), received row {bad}: {labels[bad].tolist()} in labels of shape "
+                f"{labels.shape}"
+            )
         return np.argmax(labels, axis=-1).astype("int64")
     if labels.size != n:
         raise ValueError(
@@ -85,8 +114,8 @@ def _class_targets(labels, logits_shape) -> np.ndarray:
         not np.all(np.equal(np.mod(ids, 1), 0)) or ids.min() < 0 or ids.max() >= n_classes
     ):
         raise ValueError(
-            f"class ids must be integers in [0, {n_classes}), received values in "
-            f"[{ids.min()}, {ids.max()}]"
+            f"labels (y_true) must be class ids: integers in [0, {n_classes}), received "
+            f"values in [{ids.min()}, {ids.max()}] (NaN: {bool(np.isnan(ids).any())})"
         )
     return ids.astype("int64")
 
@@ -165,7 +194,10 @@ def certified_radius(
         negative: with labels, return the signed radius instead of clipping it at 0.
 
     Returns:
-        ``(n,)`` numpy array of radii, in the floating dtype of ``logits``.
+        ``(n,)`` numpy array of radii, float32 (float64 for float64 logits); NaN for the
+        rows with a non-finite logit (no certificate; the other rows are unaffected).
+        16-bit logits warn (see the module docstring: the low-precision network is
+        about 1.003-Lipschitz, not 1).
 
     Raises:
         ValueError: for logits or labels of the wrong shape, class ids out of range,
@@ -176,7 +208,16 @@ def certified_radius(
     _check_bool("disjoint_neurons", disjoint_neurons)
     _check_bool("negative", negative)
     logits = ops.convert_to_tensor(logits)
-    if not keras.backend.is_float_dtype(logits.dtype):
+    dtype = keras.backend.standardize_dtype(logits.dtype)
+    if dtype in ("bfloat16", "float16"):
+        warnings.warn(
+            f"certified_radius: {dtype} logits; the margin is computed in float32, but a "
+            f"{dtype} network is only about 1.003-Lipschitz for L = 1 (rounding): evaluate "
+            "certificates with a float32 policy, or pass lip_const = 1.01 * L.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if dtype not in ("float32", "float64"):
         logits = ops.cast(logits, "float32")
     shape = tuple(logits.shape)
     factor = _radius_factor(shape, lip_const, disjoint_neurons)
@@ -197,7 +238,9 @@ def certified_radius(
         margin = _signed_margin(logits, ops.convert_to_tensor(targets))
         if not negative:
             margin = ops.relu(margin)
-    return ops.convert_to_numpy(margin / factor)
+    finite = ops.all(ops.isfinite(ops.reshape(logits, (shape[0], -1))), axis=-1)
+    radius = ops.where(finite, margin / factor, ops.cast(math.nan, margin.dtype))
+    return ops.convert_to_numpy(radius)
 
 
 def certified_accuracy(
