@@ -184,24 +184,29 @@ def _layer_paths(root, prefix: str = "layers") -> dict:
 
 
 def _match_state(layer, arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """Values for ``layer.weights`` from deel-lip's arrays of the same layer.
+    """Values for the saved variables of ``layer`` from deel-lip's arrays of that layer.
 
     deel-lip's constrained layers store ``kernel, [bias], u, sigma, wbar``; deel_lip's
-    store ``kernel, [bias], <normalisation state>, constrained_kernel``. Kernel and bias
-    come first in both; the power-iteration vector and the constrained kernel are taken
-    by shape; deel_lip state with no deel-lip counterpart keeps its initial value (it is
-    refreshed by the next training step or `condense`).
+    store ``kernel, [bias], <normalisation state>, constrained_kernel`` (what its
+    `save_own_variables` writes). Kernel and bias come first in both; the
+    power-iteration vector and the constrained kernel are taken by shape; deel_lip state
+    with no deel-lip counterpart keeps its initial value (the next training step or
+    `condense` refreshes it).
     """
-    ours = layer.weights
+    store: dict = {}
+    layer.save_own_variables(store)  # the saved variables, in the order Keras writes them
+    ours = [store[str(i)] for i in range(len(store))]
     if len(ours) == len(arrays) and all(
         tuple(v.shape) == a.shape for v, a in zip(ours, arrays, strict=True)
     ):
         return arrays
     values = [np.asarray(keras.ops.convert_to_numpy(v)) for v in ours]
+    names = [str(getattr(v, "path", getattr(v, "name", ""))).split("/")[-1] for v in ours]
+    if names and not names[-1] and np.shape(ours[-1]) == np.shape(ours[0]):
+        names[-1] = "constrained_kernel"  # deel_lip writes the cache last
     remaining = list(range(len(arrays)))
-    for i, variable in enumerate(ours):
-        name = variable.name.split("/")[-1]
-        shape = tuple(variable.shape)
+    for i, (variable, name) in enumerate(zip(ours, names, strict=True)):
+        shape = tuple(np.shape(variable))
         candidates = [j for j in remaining if arrays[j].shape == shape]
         if not candidates:
             continue
