@@ -61,12 +61,14 @@ ATTACK = {"clip_min": 0.0, "clip_max": 1.0, "steps": 200}
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 #: (name shown in the table, loss factory). A factory, so that each run starts fresh.
+#: deel-lip's semantics: ``MulticlassHKR`` is ``-KR + alpha * hinge``, ``MulticlassSoftHKR``
+#: ``KR / alpha + hinge`` (alpha 99 and 9 are the convex alpha 0.99 and 0.9 of deel_lip < 2).
 LOSSES = (
-    ("`MulticlassHKR(alpha=0.99, min_margin=0.2)`", lambda: MulticlassHKR(0.99, 0.2)),
-    ("`MulticlassHKR(alpha=0.9, min_margin=2.0)`", lambda: MulticlassHKR(0.9, 2.0)),
+    ("`MulticlassHKR(alpha=99.0, min_margin=0.2)`", lambda: MulticlassHKR(99.0, 0.2)),
+    ("`MulticlassHKR(alpha=9.0, min_margin=2.0)`", lambda: MulticlassHKR(9.0, 2.0)),
     (
-        "`MulticlassSoftHKR(alpha=0.9, min_margin=1.0, temperature=1.0)`",
-        lambda: MulticlassSoftHKR(0.9, 1.0, temperature=1.0),
+        "`MulticlassSoftHKR(alpha=9.0, min_margin=1.0, temperature=1.0)`",
+        lambda: MulticlassSoftHKR(9.0, 1.0, temperature=1.0),
     ),
     ("`TauCategoricalCrossentropy(tau=50.0)`", lambda: TauCategoricalCrossentropy(50.0)),
     ("`TauCategoricalCrossentropy(tau=2.0)`", lambda: TauCategoricalCrossentropy(2.0)),
