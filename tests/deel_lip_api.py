@@ -28,12 +28,7 @@ DEEL_LIP_DEFAULTS = {
 
 _SPECTRAL = dict(DEEL_LIP_DEFAULTS)
 
-H1_MODEL = "pending H1: deel_lip.model (vanillaModel, set_klip_factor)"
-H1_NORM = "pending H1: deel_lip.normalizers keyword spellings / spectral_normalization_conv"
-H1_CONSTRAINTS = "pending H1: deel_lip.constraints deel-lip arguments"
-H2_LOSSES = "pending H2: losses multi_gpu= and deel-lip semantics"
-H2_UTILS = "pending H2: utils.process_labels_for_multi_gpu / evaluate_lip_const(seed=)"
-H2_METRICS = "pending H2: metrics reduction="
+UTILS = "pending deel_lip/utils.py: deel-lip names and evaluate_lip_const(x, seed=)"
 INTEGRATION = "pending integration: export SpectralDepthwiseConv2D from deel_lip.layers"
 
 
@@ -233,23 +228,21 @@ API: list[Api] = [
     # ------------------------------------------------------------------ model
     Api("deel_lip.model", "Sequential", "class", dict(layers=None, name="seq", k_coef_lip=1.0)),
     Api("deel_lip.model", "Model", "constant"),
-    Api("deel_lip.model", "vanillaModel", "function", pending=H1_MODEL),
+    Api("deel_lip.model", "vanillaModel", "function"),
     # ------------------------------------------------------------------ losses
-    Api("deel_lip.losses", "KR", "class", dict(multi_gpu=False, name="KR"), pending=H2_LOSSES),
+    Api("deel_lip.losses", "KR", "class", dict(multi_gpu=False, name="KR")),
     Api("deel_lip.losses", "HingeMargin", "class", dict(min_margin=1.0, name="HingeMargin")),
     Api(
         "deel_lip.losses",
         "HKR",
         "class",
         dict(alpha=10.0, min_margin=1.0, multi_gpu=False, name="HKR"),
-        pending=H2_LOSSES,
     ),
     Api(
         "deel_lip.losses",
         "MulticlassKR",
         "class",
         dict(multi_gpu=False, name="MulticlassKR"),
-        pending=H2_LOSSES,
     ),
     Api(
         "deel_lip.losses", "MulticlassHinge", "class", dict(min_margin=1.0, name="MulticlassHinge")
@@ -259,7 +252,6 @@ API: list[Api] = [
         "MulticlassHKR",
         "class",
         dict(alpha=10.0, min_margin=1.0, multi_gpu=False, name="MulticlassHKR"),
-        pending=H2_LOSSES,
     ),
     Api("deel_lip.losses", "MultiMargin", "class", dict(min_margin=1.0, name="MultiMargin")),
     Api(
@@ -276,7 +268,6 @@ API: list[Api] = [
         "MulticlassSoftHKR",
         "class",
         dict(alpha=10.0, min_margin=1.0, alpha_mean=0.99, temperature=1.0),
-        pending=H2_LOSSES,
     ),
     # ------------------------------------------------------------------ metrics
     Api(
@@ -304,9 +295,7 @@ API: list[Api] = [
         dict(lip_const=1.0, negative_robustness=False, name="bpar"),
     ),
     # ------------------------------------------------------------------ constraints
-    Api(
-        "deel_lip.constraints", "WeightClipConstraint", "class", dict(c=2.0), pending=H1_CONSTRAINTS
-    ),
+    Api("deel_lip.constraints", "WeightClipConstraint", "class", dict(c=2.0)),
     Api("deel_lip.constraints", "AutoWeightClipConstraint", "class", dict(scale=1.0)),
     Api("deel_lip.constraints", "FrobeniusConstraint", "class", dict(eps=1e-7)),
     Api(
@@ -314,7 +303,6 @@ API: list[Api] = [
         "SpectralConstraint",
         "class",
         dict(k_coef_lip=1.0, eps_spectral=1e-3, eps_bjorck=1e-3, beta_bjorck=0.5, u=None),
-        pending=H1_CONSTRAINTS,
     ),
     # ------------------------------------------------------------------ initializers
     Api(
@@ -382,15 +370,15 @@ API: list[Api] = [
             "DEFAULT_MAXITER_BJORCK",
         )
     ],
-    Api("deel_lip.normalizers", "reshaped_kernel_orthogonalization", "function", pending=H1_NORM),
-    Api("deel_lip.normalizers", "bjorck_normalization", "function", pending=H1_NORM),
-    Api("deel_lip.normalizers", "spectral_normalization", "function", pending=H1_NORM),
-    Api("deel_lip.normalizers", "spectral_normalization_conv", "function", pending=H1_NORM),
+    Api("deel_lip.normalizers", "reshaped_kernel_orthogonalization", "function"),
+    Api("deel_lip.normalizers", "bjorck_normalization", "function"),
+    Api("deel_lip.normalizers", "spectral_normalization", "function"),
+    Api("deel_lip.normalizers", "spectral_normalization_conv", "function"),
     # ------------------------------------------------------------------ utils
-    Api("deel_lip.utils", "evaluate_lip_const", "function", pending=H2_UTILS),
-    Api("deel_lip.utils", "evaluate_lip_const_gen", "function", pending=H2_UTILS),
-    Api("deel_lip.utils", "process_labels_for_multi_gpu", "function", pending=H2_UTILS),
-    Api("deel_lip.utils", "l2_normalize", "function", pending=H2_UTILS),
+    Api("deel_lip.utils", "evaluate_lip_const", "function", pending=UTILS),
+    Api("deel_lip.utils", "evaluate_lip_const_gen", "function", pending=UTILS),
+    Api("deel_lip.utils", "process_labels_for_multi_gpu", "function", pending=UTILS),
+    Api("deel_lip.utils", "l2_normalize", "function", pending=UTILS),
     # ------------------------------------------------------------------ compute_layer_sv
     Api("deel_lip.compute_layer_sv", "compute_layer_sv", "function"),
     Api("deel_lip.compute_layer_sv", "compute_model_sv", "function"),
