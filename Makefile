@@ -4,14 +4,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Seeds of `make order-check`: the xai tests in three shuffled orders (pytest-randomly).
+ORDER_SEEDS ?= 1 2 3
 
-.PHONY: install test lint docs notebooks demo bench results xai-results clean
+.PHONY: install test lint docs notebooks order-check demo bench results xai-results clean
 
 install: $(STAMP)
 
 $(STAMP): setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	# the distribution was named deel_lip (PyPI's deel-lip) before keras-lipschitz
+	$(BIN)/python -m pip uninstall --quiet --yes deel_lip 2>/dev/null || true
 	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
 	touch $(STAMP)
 
@@ -28,6 +32,13 @@ test: lint docs
 
 notebooks: install
 	$(BIN)/python -m pytest --nbmake notebooks
+
+# The suite runs in file order (pytest.ini: -p no:randomly); this reruns the xai tests,
+# whose module fixtures train models, in shuffled orders to catch order dependence.
+order-check: install
+	for seed in $(ORDER_SEEDS); do \
+		$(BIN)/python -m pytest -p randomly --randomly-seed=$$seed tests/test_xai_*.py || exit 1; \
+	done
 
 demo: install
 	$(BIN)/python scripts/demo.py
