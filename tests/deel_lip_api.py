@@ -274,25 +274,39 @@ API: list[Api] = [
         "deel_lip.metrics",
         "CategoricalProvableRobustAccuracy",
         "class",
-        dict(epsilon=0.1, lip_const=1.0, disjoint_neurons=True, name="cpra"),
+        dict(
+            epsilon=0.1,
+            lip_const=1.0,
+            disjoint_neurons=True,
+            reduction="sum_over_batch_size",
+            name="cpra",
+        ),
     ),
     Api(
         "deel_lip.metrics",
         "BinaryProvableRobustAccuracy",
         "class",
-        dict(epsilon=0.1, lip_const=1.0, name="bpra"),
+        dict(epsilon=0.1, lip_const=1.0, reduction="sum_over_batch_size", name="bpra"),
     ),
     Api(
         "deel_lip.metrics",
         "CategoricalProvableAvgRobustness",
         "class",
-        dict(lip_const=1.0, disjoint_neurons=True, negative_robustness=False, name="cpar"),
+        dict(
+            lip_const=1.0,
+            disjoint_neurons=True,
+            negative_robustness=False,
+            reduction="sum_over_batch_size",
+            name="cpar",
+        ),
     ),
     Api(
         "deel_lip.metrics",
         "BinaryProvableAvgRobustness",
         "class",
-        dict(lip_const=1.0, negative_robustness=False, name="bpar"),
+        dict(
+            lip_const=1.0, negative_robustness=False, reduction="sum_over_batch_size", name="bpar"
+        ),
     ),
     # ------------------------------------------------------------------ constraints
     Api("deel_lip.constraints", "WeightClipConstraint", "class", dict(c=2.0)),

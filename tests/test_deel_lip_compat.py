@@ -412,6 +412,29 @@ def test_depthwise_save_load_round_trip(tmp_path):
     assert loaded.layers[0].get_config()["k_coef_lip"] == 2.0
 
 
+def test_depthwise_in_a_model_trains_under_xla_and_exports():
+    """Sequential(k=2) gives the layer 2 ** (1/2): its exact norm stays below it."""
+    from deel_lip.model import vanilla_export
+
+    model = Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            SpectralDepthwiseConv2D(3, depth_multiplier=2),
+            keras.layers.Flatten(),
+            SpectralDense(2),
+        ],
+        k_coef_lip=2.0,
+    )
+    model.compile(optimizer="adam", loss="mse", jit_compile=True)
+    x = RNG.normal(size=(16, 8, 8, 3)).astype("float32")
+    history = model.fit(x, np.zeros((16, 2)), epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert _norm(layer_operator_matrix(model.layers[0], (8, 8, 3))) <= np.sqrt(2.0) * (1 + 1e-5)
+    export = vanilla_export(model)
+    assert type(export.layers[0]) is keras.layers.DepthwiseConv2D
+    np.testing.assert_allclose(export.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "kwargs, argument",
     [
@@ -484,3 +507,27 @@ def test_monitor_callback_on_epoch_on_batch(tmp_path, on_epoch, on_batch, expect
     assert MonitorCallback.from_config(callback.get_config()).on_batch is on_batch
     with pytest.raises(ValueError, match="on_batch"):
         MonitorCallback(["d"], str(tmp_path), on_batch="yes")
+
+
+# ------------------------------------------------------------------ metric values
+
+
+def test_metrics_give_deel_lip_values_on_fixed_inputs():
+    """deel-lip's formulas: margin over 2 L (disjoint neurons) or sqrt(2) L, sign for binary."""
+    from deel_lip import metrics
+
+    y_pred = np.array([[3.0, 1.0, 0.0], [0.5, 0.4, 2.0], [1.0, 0.2, 0.1]], "float32")
+    y_true = np.eye(3, dtype="float32")[[0, 2, 1]]
+    margin = np.array([2.0, 1.5, -0.8])  # f_y - max_{j != y} f_j
+    for disjoint, factor in ((True, 2.0 * 1.5), (False, np.sqrt(2.0) * 1.5)):
+        acc = metrics.CategoricalProvableRobustAccuracy(0.55, 1.5, disjoint)
+        assert float(acc(y_true, y_pred)) == pytest.approx(np.mean(margin / factor > 0.55))
+        avg = metrics.CategoricalProvableAvgRobustness(1.5, disjoint, negative_robustness=True)
+        assert float(avg(y_true, y_pred)) == pytest.approx(np.mean(margin / factor), rel=1e-5)
+    b_pred = np.array([[0.7], [-0.2], [0.1], [-1.5]], "float32")
+    b_true = np.array([[1.0], [1.0], [0.0], [0.0]], "float32")
+    signed = np.array([0.7, -0.2, -0.1, 1.5])
+    acc = metrics.BinaryProvableRobustAccuracy(0.3, 2.0)
+    assert float(acc(b_true, b_pred)) == pytest.approx(np.mean(signed / 2.0 > 0.3))
+    avg = metrics.BinaryProvableAvgRobustness(2.0, negative_robustness=False)
+    assert float(avg(b_true, b_pred)) == pytest.approx(np.mean(np.maximum(signed, 0) / 2.0))
