@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
+import weakref
 
 import numpy as np
 import tensorflow as tf
 
 __all__ = [
     "batch_jacobian",
+    "check_collective_keys",
     "compile_function",
     "cross_replica_sum",
     "eager_scope",
@@ -122,6 +125,51 @@ def num_replicas_in_sync() -> int:
     return int(tf.distribute.get_strategy().num_replicas_in_sync)
 
 
+# strategy (weak reference) that first ran our collectives, per collective key base
+_COLLECTIVE_KEY_OWNERS: dict[int, weakref.ref] = {}
+
+
+def check_collective_keys(strategy) -> bool:
+    """Warn when a second collective strategy of the process reuses the first one's keys.
+
+    TensorFlow 2.20 numbers the collectives of every ``MirroredStrategy`` (and
+    ``MultiWorkerMirroredStrategy``) from the same group key 1 and instance key 100,
+    unless its test-only ``_collective_key_base`` is changed. The collectives of a second
+    strategy object created in the same process then collide in the runtime with those
+    of the first one (used or not any more): the first collective whose shape differs
+    aborts every later collective ("Shape mismatch in the collective instance 100"),
+    until the program restarts. Plain Keras layers and optimizers are affected too. The
+    check sees the strategies whose replicas run a deel_lip loss with cross-replica
+    statistics (it is called from `cross_replica_sum` while tracing). Returns whether it
+    warned.
+    """
+    extended = getattr(strategy, "extended", None)
+    if type(getattr(extended, "_cross_device_ops", None)).__name__ != "CollectiveAllReduce":
+        return False
+    base = getattr(extended, "_collective_key_base", None)
+    if not isinstance(base, int):
+        return False
+    owner = _COLLECTIVE_KEY_OWNERS.get(base)
+    if owner is not None and owner() is strategy:
+        return False
+    _COLLECTIVE_KEY_OWNERS[base] = weakref.ref(strategy)
+    if owner is None:
+        return False
+    warnings.warn(
+        f"A second {type(strategy).__name__} object runs collectives in this process: "
+        "TensorFlow gives the collectives of every such strategy the same keys, so they "
+        "collide with those of the first one and abort ('Collective ops is aborted by: "
+        "Shape mismatch in the collective instance ...') as soon as their shapes differ. "
+        "Create one strategy and train every model under its scope, or give the other "
+        "strategies non-collective reductions: tf.distribute.MirroredStrategy(devices, "
+        "cross_device_ops=tf.distribute.ReductionToOneDevice()) (or "
+        "HierarchicalCopyAllReduce() on GPUs). See docs/distributed.md.",
+        UserWarning,
+        stacklevel=2,
+    )
+    return True
+
+
 def cross_replica_sum(x):
     """Sum of ``x`` over the replicas of a ``tf.distribute`` strategy.
 
@@ -129,6 +177,7 @@ def cross_replica_sum(x):
     under ``MirroredStrategy``), every replica receives the sum of the values of all
     replicas. Outside a replica context, or with a single replica, ``x`` is returned
     unchanged (it already covers the whole batch). The result carries no gradient.
+    A second collective strategy in the process gets a warning (`check_collective_keys`).
     """
     x = tf.stop_gradient(tf.convert_to_tensor(x))
     if tf.distribute.in_cross_replica_context():
@@ -136,4 +185,5 @@ def cross_replica_sum(x):
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return x
+    check_collective_keys(context.strategy)
     return tf.stop_gradient(context.all_reduce(tf.distribute.ReduceOp.SUM, x))
