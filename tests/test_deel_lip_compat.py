@@ -531,3 +531,59 @@ def test_metrics_give_deel_lip_values_on_fixed_inputs():
     assert float(acc(b_true, b_pred)) == pytest.approx(np.mean(signed / 2.0 > 0.3))
     avg = metrics.BinaryProvableAvgRobustness(2.0, negative_robustness=False)
     assert float(avg(b_true, b_pred)) == pytest.approx(np.mean(np.maximum(signed, 0) / 2.0))
+
+
+# ------------------------------------------------------------------ deel-lip's workflow
+
+
+def test_deel_lip_readme_workflow_runs_with_the_prefix_changed(digits, tmp_path):
+    """deel-lip's documented recipe (layers, HKR loss, provable metric, condense, export,
+    save/load), with ``deel.lip`` replaced by ``deel_lip``, trains on real digits."""
+    from deel_lip.activations import GroupSort2 as GS2
+    from deel_lip.callbacks import CondenseCallback
+    from deel_lip.layers import FrobeniusDense, ScaledL2NormPooling2D
+    from deel_lip.losses import MulticlassHKR
+    from deel_lip.metrics import CategoricalProvableRobustAccuracy
+    from deel_lip.model import vanillaModel
+
+    keras.utils.set_random_seed(0)
+    images, labels = digits
+    y = keras.utils.to_categorical(labels, 10)
+    model = Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            SpectralConv2D(16, (3, 3), k_coef_lip=1.0),
+            GS2(),
+            ScaledL2NormPooling2D(pool_size=(2, 2)),
+            keras.layers.Flatten(),
+            SpectralDense(64),
+            GS2(),
+            FrobeniusDense(10, activation=None, disjoint_neurons=False),
+        ],
+        k_coef_lip=1.0,
+        name="hkr_model",
+    )
+    model.compile(
+        loss=MulticlassHKR(alpha=50.0, min_margin=0.5),
+        optimizer=keras.optimizers.Adam(5e-3),
+        metrics=["accuracy", CategoricalProvableRobustAccuracy(epsilon=0.1, lip_const=1.0)],
+    )
+    history = model.fit(
+        images[:1500],
+        y[:1500],
+        batch_size=50,
+        epochs=10,
+        verbose=0,
+        callbacks=[CondenseCallback(on_epoch=True)],
+    )
+    assert history.history["accuracy"][-1] > 0.8
+    export = vanillaModel(model)
+    x_test = images[1500:]
+    np.testing.assert_allclose(
+        export.predict(x_test, verbose=0), model.predict(x_test, verbose=0), atol=1e-5
+    )
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_array_equal(
+        loaded.predict(x_test, verbose=0), model.predict(x_test, verbose=0)
+    )
