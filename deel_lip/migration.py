@@ -48,6 +48,7 @@ __all__ = [
     "DEEL_LIP_PACKAGE",
     "OUR_PACKAGE",
     "CONFIG_KEY_RENAMES",
+    "CONFIG_KEY_DROPS",
     "register_deel_lip_names",
     "convert_deel_lip_config",
     "load_deel_lip_model",
@@ -61,6 +62,14 @@ OUR_PACKAGE = "deel_lip"
 #: Configuration keys deel-lip spelled differently: ``{class name: {theirs: ours}}``.
 CONFIG_KEY_RENAMES: dict[str, dict[str, str]] = {
     "LorthRegularizer": {"flag_deconv": "conv_transpose"},
+}
+
+#: Keys deel-lip wrote that deel_lip's class fixes itself: ``{class name: keys}``.
+#: (deel-lip's ``GroupSort2`` and ``FullSort`` saved the group size ``n`` of their parent
+#: class; here it is implied by the class: 2, or the whole channel axis.)
+CONFIG_KEY_DROPS: dict[str, tuple[str, ...]] = {
+    "GroupSort2": ("n",),
+    "FullSort": ("n",),
 }
 
 _ARCHIVE_CONFIG = "config.json"
@@ -112,6 +121,8 @@ def _convert_object(node: dict, renamed: list) -> dict:
             if theirs in config:
                 config[ours] = config.pop(theirs)
                 renamed.append(f"{class_name}.{theirs} -> {ours}")
+        for key in CONFIG_KEY_DROPS.get(class_name, ()):
+            config.pop(key, None)
     return node
 
 
@@ -119,7 +130,8 @@ def convert_deel_lip_config(config):
     """Rewrite a deel-lip (Keras 3) serialised configuration for deel_lip.
 
     Every object whose ``registered_name`` is ``deel-lip>X`` gets ``deel_lip>X`` and
-    deel_lip's module, and the keys of `CONFIG_KEY_RENAMES` are renamed. Other objects
+    deel_lip's module, the keys of `CONFIG_KEY_RENAMES` are renamed and those of
+    `CONFIG_KEY_DROPS` removed. Other objects
     (plain Keras ones) are left unchanged. The input is not modified.
 
     Args:

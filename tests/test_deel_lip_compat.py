@@ -265,6 +265,12 @@ def _deel_lip_archive(model, path, deel_lip_weights: bool):
     text = entries["config.json"].decode()
     text = text.replace('"deel_lip>', '"deel-lip>').replace('"deel_lip.', '"deel.lip.')
     text = text.replace('"conv_transpose"', '"flag_deconv"')
+    if deel_lip_weights:  # deel-lip's GroupSort2 also saved its group size
+        text = text.replace(
+            '"class_name": "GroupSort2", "config": {',
+            '"class_name": "GroupSort2", "config": {"n": 2, ',
+        )
+        assert '"n": 2' in text
     entries["config.json"] = text.encode()
     if deel_lip_weights:  # kernel, bias, u, sigma, wbar per constrained layer
         path.with_name("w_in.h5").write_bytes(entries["model.weights.h5"])
@@ -346,6 +352,17 @@ def test_convert_config_names_and_keys():
     assert converted["module"] == "deel_lip.regularizers"
     assert converted["config"]["conv_transpose"] is True
     assert "flag_deconv" in config["config"]  # input untouched
+    for name in ("GroupSort2", "FullSort"):  # deel-lip saved the implied group size
+        cls = keras.saving.get_custom_objects()[f"deel_lip>{name}"]
+        theirs = {
+            "registered_name": f"deel-lip>{name}",
+            "class_name": name,
+            "module": "deel.lip.layers.activations",
+            "config": {**cls().get_config(), "n": 2 if name == "GroupSort2" else 6},
+        }
+        layer = keras.saving.deserialize_keras_object(migration.convert_deel_lip_config(theirs))
+        x = RNG.normal(size=(2, 6)).astype("float32")
+        np.testing.assert_array_equal(layer(x), cls()(x))
     with pytest.raises(ValueError, match="NoSuchLayer"):
         migration.convert_deel_lip_config({"registered_name": "deel-lip>NoSuchLayer"})
     with pytest.raises(TypeError, match="config"):
