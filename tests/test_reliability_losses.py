@@ -168,6 +168,23 @@ def test_multi_gpu_is_accepted_and_preprocessed_labels_give_the_same_loss():
             L.KR(multi_gpu=True)(np.zeros((2, 1)), np.ones((2, 1)))
 
 
+def test_configs_saved_before_convex_keep_their_objective():
+    old = {"name": "MulticlassHKR", "reduction": "sum_over_batch_size", "dtype": None}
+    with pytest.warns(UserWarning, match="deel_lip < 2"):
+        loss = L.MulticlassHKR.from_config({**old, "alpha": 0.9, "min_margin": 1.0})
+    assert loss.convex and float(loss.alpha) == pytest.approx(0.9)
+    soft = {**old, "name": "s", "alpha": 0.9, "min_margin": 1.0, "alpha_mean": 1.0}
+    with pytest.warns(UserWarning, match="deel_lip < 2"):
+        assert L.MulticlassSoftHKR.from_config({**soft, "temperature": 1.0}).convex
+    # deel-lip's own configs (no dtype key) keep deel-lip's semantics
+    deel = {"name": "HKR", "reduction": "auto", "alpha": 10.0, "min_margin": 1.0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert not L.HKR.from_config({**deel, "multi_gpu": False}).convex
+    new = L.HKR(5.0).get_config()
+    assert new["convex"] is False and not L.HKR.from_config(new).convex
+
+
 # ---------------------------------------------------------------------------------------
 # invalid labels: eager ValueError, traced NaN / not certified
 

@@ -107,6 +107,25 @@ def check_bool(name: str, value) -> bool:
     return bool(value)
 
 
+def legacy_convex_config(cls, config: dict) -> dict:
+    """A config saved before ``convex`` existed keeps the objective it was saved with.
+
+    deel_lip < 2 wrote ``"dtype"`` and no ``"convex"`` (its hKR losses were convex);
+    deel-lip's own configs have no ``"dtype"`` and keep deel-lip's semantics.
+    """
+    config = dict(config)
+    if "convex" not in config and "dtype" in config:
+        warnings.warn(
+            f"{cls.__name__}: config saved by deel_lip < 2, whose alpha weighted "
+            f"'(1 - alpha) * KR + alpha * hinge': loaded with convex=True (the same "
+            f"objective); deel-lip's form is alpha / (1 - alpha) with convex=False.",
+            UserWarning,
+            stacklevel=3,
+        )
+        config["convex"] = True
+    return config
+
+
 def hinge_weights(alpha):
     """``(w_kr, w_hinge)`` of ``-w_kr KR + w_hinge hinge`` for deel-lip's ``alpha``.
 

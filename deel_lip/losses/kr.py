@@ -38,6 +38,7 @@ from deel_lip.losses._base import (
     check_positive,
     hinge_weights,
     kr_values,
+    legacy_convex_config,
     match_shapes,
     need_classes,
     positives,
@@ -116,6 +117,10 @@ class _HKRMixin:
             check = check_convex_alpha if self.convex else check_hinge_weight
             return check(name, value)
         return super().check_hyper(name, value)
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return super().from_config(legacy_convex_config(cls, config))
 
     def _combine(self, kr, hinge, dtype):
         alpha = self.hyper("alpha", dtype)

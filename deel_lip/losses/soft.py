@@ -28,6 +28,7 @@ from deel_lip.losses._base import (
     check_positive_or_inf,
     check_unit_interval,
     float32_value,
+    legacy_convex_config,
     match_shapes,
     need_classes,
     positives,
@@ -145,6 +146,10 @@ class MulticlassSoftHKR(LipLoss):
         if name == "alpha" and self.convex:
             return check_convex_alpha(name, value)
         return super().check_hyper(name, value)
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return super().from_config(legacy_convex_config(cls, config))
 
     def get_config(self) -> dict:
         config = super().get_config()
