@@ -14,6 +14,14 @@ three things and nothing else:
 constrained kernel), the training/inference split (``training=False`` reads the cache,
 no normalisation cost), `condense()`, `vanilla_export()`, `get_config()` plumbing and
 `.keras` save/load of the whole state.
+
+The cache is kept current by a flag, never by a host round trip: a training call
+refreshes the cache from the weights it sees and raises the flag (the optimizer step that
+follows makes the cache one step old); the next inference call finds the flag raised,
+recomputes the cache from the current weights inside the same graph
+(``ops.cond(stale, refresh, cache)``) and lowers it. So `predict`, `evaluate`, `save` and
+`vanilla_export` after `fit` (or a `train_on_batch` loop) use the final weights, and an
+inference call on a current cache costs one boolean read.
 """
 
 from __future__ import annotations
@@ -23,7 +31,13 @@ from typing import Any
 import keras
 from keras import ops
 
-from deel_lip._backend import eager_scope, eager_value, executing_eagerly, no_autocast
+from deel_lip._backend import (
+    eager_scope,
+    eager_value,
+    executing_eagerly,
+    no_autocast,
+    num_replicas_in_sync,
+)
 from deel_lip.normalizers import check_k_coef_lip
 
 __all__ = ["LipschitzLayer", "Condensable", "ConstrainedKernel"]
@@ -155,23 +169,31 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
             autocast=False,
             aggregation=_STATE_AGGREGATION,
         )
+        # True when the cache may not be the constrained kernel of the current weights
+        # (raised by every training call, lowered by the refresh). Not saved: the saved
+        # cache is always current.
+        self.cache_stale = self.add_weight(
+            name="cache_stale",
+            shape=(),
+            dtype="bool",
+            initializer="ones",
+            trainable=False,
+            autocast=False,
+            aggregation=_STATE_AGGREGATION,
+        )
         self.built = True
         # Built inside a traced function (e.g. an unbuilt Sequential's first `fit` step),
-        # the variables have no eager value yet: the cache is computed by the first call,
-        # and inference reads it once `_cache_holds_value` sees it filled.
-        self._cache_ready = executing_eagerly()
-        if self._cache_ready:
+        # the variables have no eager value yet: they start stale, so the first inference
+        # call computes the cache.
+        if executing_eagerly():
             self._refresh()
+            self.cache_stale.assign(False)
 
-    def _cache_holds_value(self) -> bool:
-        """Whether the cached kernel has been computed (checked eagerly, at trace time).
-
-        An uncomputed cache is all zeros (or has no value yet in the traced function that
-        created it); a computed one is zero only for a zero raw kernel, whose refresh is
-        zero too, so reading it then is exact as well.
-        """
-        value = eager_value(self.constrained_kernel)
-        return value is not None and value.size > 0 and bool(value.any())
+    @property
+    def _cache_ready(self) -> bool:
+        """Whether the cache is known to be current (read eagerly)."""
+        value = eager_value(self.cache_stale)
+        return value is not None and not bool(value)
 
     # ------------------------------------------------------------ computation
 
@@ -203,20 +225,53 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
         if self.built:
             with eager_scope():
                 self._refresh()
-            self._cache_ready = True
+                self.cache_stale.assign(False)
+
+    def _refresh_cache(self):
+        """Inference refresh: the cache from the current weights; the state is not moved.
+
+        The next training step starts from the same state, so inference never changes
+        the training trajectory, and the cache equals the kernel that step would compute.
+        """
+        w_bar = ops.stop_gradient(self.compute_constrained_kernel()[0])
+        self.constrained_kernel.assign(w_bar)
+        self.cache_stale.assign(False)
+        return w_bar
 
     def _inference_kernel(self):
-        """The kernel used with ``training=False``: the cache, computed once if needed."""
-        if not self._cache_ready:
-            self._cache_ready = self._cache_holds_value()
+        """The kernel used with ``training=False``: the cache, refreshed first if stale."""
+        cache, stale = self.constrained_kernel, self.cache_stale
+        if num_replicas_in_sync() > 1:
+            # A cross-replica variable update cannot sit in a branch of a cond: select the
+            # kernel in the cond, then write it back (one kernel-sized copy per call).
+            w_bar = ops.cond(
+                stale.value,
+                lambda: ops.stop_gradient(self.compute_constrained_kernel()[0]),
+                lambda: cache.value,
+            )
+            cache.assign(w_bar)
+            stale.assign(False)
+            return w_bar
+        cached = cache.value  # read outside the branches (a strategy may cache reads)
+        return ops.cond(stale.value, self._refresh_cache, lambda: cached)
+
+    def current_constrained_kernel(self):
+        """The constrained kernel of the current weights, changing no variable.
+
+        The cache when it is current, otherwise the kernel the next inference call will
+        compute and cache. Used by `vanilla_export` and saving.
+        """
         if self._cache_ready:
-            return self.constrained_kernel
-        # Traced before the cache existed: compute it at the first run of the function.
-        cache = self.constrained_kernel
-        return ops.cond(ops.any(ops.not_equal(cache, 0)), lambda: cache.value, self._refresh)
+            return ops.convert_to_tensor(self.constrained_kernel.value)
+        return self.compute_constrained_kernel()[0]
 
     def call(self, inputs, training=None):
-        kernel = self._refresh() if training else self._inference_kernel()
+        if training:
+            kernel = self._refresh()
+            # The optimizer step that follows this call makes the cache stale.
+            self.cache_stale.assign(True)
+        else:
+            kernel = self._inference_kernel()
         kernel = ops.cast(kernel, self.compute_dtype)
         outputs = self._linear(inputs, kernel)
         if self.use_bias:
@@ -246,33 +301,33 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
             self._refresh()
             self._raw_kernel().assign(self.constrained_kernel)
             self._refresh()
-        self._cache_ready = True
+            self.cache_stale.assign(False)
 
-    def vanilla_export(self) -> keras.layers.Layer:
-        """Plain Keras layer holding the cached constrained kernel; same name and outputs.
-
-        The export reads the cache that inference reads, without refreshing it, so it
-        equals the layer at ``training=False`` exactly. After `fit`, the cache holds the
-        kernel of the last training step's weights; call `condense()` first to bring it to
-        the current weights (`deel_lip.callbacks.CondenseCallback` does it at train end).
-        """
-        if not self.built:
-            raise ValueError(f"Layer {self.name!r} must be built before vanilla_export().")
-        if not self._cache_ready:
-            with eager_scope():
-                self._refresh()
-            self._cache_ready = True
+    def _export_config(self) -> dict:
+        """Config of the plain Keras layer `vanilla_export` builds."""
         cls = self._export_class()
         config = cls.get_config(self)
         config["name"] = self.name
         config.pop("kernel_constraint", None)
         config.pop("kernel_regularizer", None)
-        layer = cls.from_config(config)
+        return config
+
+    def vanilla_export(self) -> keras.layers.Layer:
+        """Plain Keras layer holding the constrained kernel; same name and outputs.
+
+        The kernel is the one inference uses, computed from the current weights when the
+        cache is stale (after `fit`, the cache of the last step predates the last optimizer
+        update), so the export equals the layer at ``training=False`` exactly. The layer
+        itself is not changed.
+        """
+        if not self.built:
+            raise ValueError(f"Layer {self.name!r} must be built before vanilla_export().")
+        with eager_scope():
+            kernel = ops.convert_to_numpy(self.current_constrained_kernel())
+            bias = ops.convert_to_numpy(self.bias) if self.use_bias else None
+        layer = self._export_class().from_config(self._export_config())
         layer.build(self._lip_input_shape)
-        weights = [ops.convert_to_numpy(self.constrained_kernel)]
-        if self.use_bias:
-            weights.append(ops.convert_to_numpy(self.bias))
-        layer.set_weights(weights)
+        layer.set_weights([kernel] if bias is None else [kernel, bias])
         return layer
 
     # ------------------------------------------------------------ config / saving
@@ -283,9 +338,31 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
         config.update(self._lipschitz_args)
         return config
 
+    def _saved_variables(self) -> list:
+        """Variables written to a ``.keras`` file, in creation order (the flag excluded)."""
+        variables = self._trainable_variables + self._non_trainable_variables
+        return [v for v in variables if v is not self.cache_stale]
+
     def save_own_variables(self, store) -> None:
-        """Save every variable (raw kernel, bias, state, cache) in creation order."""
-        keras.layers.Layer.save_own_variables(self, store)
+        """Save raw kernel, bias, state and the cache, brought to the current weights.
+
+        A stale cache is first refreshed as the next inference call would refresh it (the
+        layer's function does not change), so a reloaded model equals this one.
+        """
+        if not self._cache_ready:
+            with eager_scope():
+                self._refresh_cache()
+        for i, variable in enumerate(self._saved_variables()):
+            store[f"{i}"] = variable
 
     def load_own_variables(self, store) -> None:
-        keras.layers.Layer.load_own_variables(self, store)
+        """Load the variables `save_own_variables` wrote; the loaded cache is current."""
+        variables = self._saved_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"Layer {self.name!r} expects {len(variables)} saved variables "
+                f"({[v.name for v in variables]}), received {len(store.keys())}"
+            )
+        for i, variable in enumerate(variables):
+            variable.assign(store[f"{i}"])
+        self.cache_stale.assign(False)
