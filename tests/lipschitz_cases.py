@@ -93,8 +93,9 @@ def _pair(value) -> tuple:
 def is_valid(kind: str, cfg: dict) -> bool:
     """Whether the layer accepts the configuration (non-empty output).
 
-    Excluded: a transposed convolution with "same" padding, an explicit output padding and
-    an even kernel on a stride-1 axis, which TensorFlow's CPU kernel rejects at call time
+    Excluded: a transposed convolution with "same" padding and an explicit output padding
+    of 0 on an axis with an even kernel (with "max" output padding: a stride-1 axis), which
+    TensorFlow's CPU kernel rejects at call time
     (plain `keras.layers.Conv2DTranspose` too: AbortedError from oneDNN), so the layer
     refuses it at construction.
     """

@@ -73,6 +73,26 @@ def _circular_pad(x, pads, spatial_axes):
     return x
 
 
+def check_padding_fits(padding: str, kernel_size, spatial_shape) -> None:
+    """Raise `ValueError` if a reflect/symmetric padding is larger than the input.
+
+    "reflect" pads ``p`` pixels by mirroring without the border pixel, so it needs
+    ``size > p``; "symmetric" mirrors with it and needs ``size >= p``.
+    """
+    if padding not in ("reflect", "symmetric"):
+        return
+    for size, (before, after) in zip(spatial_shape, _pad_amounts(kernel_size)):
+        if size is None:
+            continue
+        needed = max(before, after) + (1 if padding == "reflect" else 0)
+        if size < needed:
+            raise ValueError(
+                f"padding={padding!r} with kernel_size={tuple(kernel_size)} pads "
+                f"{max(before, after)} pixels, which needs inputs of spatial size >= {needed}; "
+                f"received an input of spatial shape {tuple(spatial_shape)}"
+            )
+
+
 def apply_padding(x, padding: str, kernel_size, data_format: str):
     """Pad ``x`` for a "valid" convolution in one of the `EXTRA_PADDINGS` modes."""
     pads = _pad_amounts(kernel_size)
@@ -80,6 +100,7 @@ def apply_padding(x, padding: str, kernel_size, data_format: str):
     spatial_axes = (
         list(range(1, rank + 1)) if data_format == "channels_last" else list(range(2, rank + 2))
     )
+    check_padding_fits(padding, kernel_size, [x.shape[axis] for axis in spatial_axes])
     if padding == "circular":
         return _circular_pad(x, pads, spatial_axes)
     full = [(0, 0)] * (rank + 2)
@@ -129,6 +150,8 @@ class PadConv2D(keras.layers.Conv2D):
         return tuple(shape)
 
     def build(self, input_shape):
+        axes = (1, 2) if self.data_format == "channels_last" else (2, 3)
+        check_padding_fits(self.pad_mode, self.kernel_size, [input_shape[a] for a in axes])
         super().build(self._padded_shape(input_shape))
 
     def convolution_op(self, inputs, kernel):
@@ -476,8 +499,9 @@ class SpectralConv2DTranspose(SpectralKernel, keras.layers.Conv2DTranspose):
             ``eps_bjorck``, ``beta_bjorck``, ``maxiter_spectral``, ``maxiter_bjorck``).
 
     Platform limits (TensorFlow 2.20 CPU, oneDNN; plain `keras.layers.Conv2DTranspose`
-    alike): an explicit ``output_padding`` with "same" padding and an even kernel on a
-    stride-1 axis fails at call time, so it is rejected here; training a kernel smaller
+    alike): an explicit ``output_padding`` of 0 with "same" padding on an axis with an
+    even kernel (any stride) fails at call time for every input size >= 2, so it is
+    rejected at construction; training a kernel smaller
     than its stride can crash the process, so it warns (``TF_ENABLE_ONEDNN_OPTS=0``
     avoids both). The forward convolutions avoid the second case themselves (see
     `_stride_sized_kernel`).
@@ -545,12 +569,21 @@ class SpectralConv2DTranspose(SpectralKernel, keras.layers.Conv2DTranspose):
     def _check_platform_limits(self) -> None:
         axes = list(zip(self.kernel_size, self.strides))
         if self.padding == "same" and self.output_padding is not None:
-            if any(s == 1 and k % 2 == 0 for k, s in axes):
+            # TensorFlow's CPU kernel aborts ("Conv2DBackpropInput ... Operation received an
+            # exception") for every input size >= 2 along such an axis: the output size
+            # (n - 1) s + op of an even kernel with op = 0 is not one "same" can produce.
+            bad = [
+                axis
+                for axis, ((k, _), op) in enumerate(zip(axes, self.output_padding))
+                if k % 2 == 0 and op == 0
+            ]
+            if bad:
                 raise ValueError(
-                    "output_padding must be None for a SpectralConv2DTranspose with "
-                    "padding='same' and an even kernel on a stride-1 axis (TensorFlow's CPU "
-                    f"kernel rejects it), received output_padding={self.output_padding}, "
-                    f"kernel_size={self.kernel_size}, strides={self.strides}"
+                    "SpectralConv2DTranspose with padding='same' cannot take output_padding=0 "
+                    f"on an axis with an even kernel (axis {bad[0]}; TensorFlow's CPU kernel "
+                    f"rejects it at call time): received kernel_size={self.kernel_size}, "
+                    f"strides={self.strides}, output_padding={self.output_padding}. Use "
+                    "output_padding=None, an odd kernel, or padding='valid'."
                 )
         if any(k < s for k, s in axes):
             warnings.warn(

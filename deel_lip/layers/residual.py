@@ -44,6 +44,14 @@ def _broadcast_shape(rank: int, axis: int, channels: int) -> list[int]:
 
 
 @keras.saving.register_keras_serializable("deel_lip")
+def _float_inputs(layer, inputs):
+    """Integer or boolean inputs cast to the layer's compute dtype (as Keras layers do)."""
+    inputs = ops.convert_to_tensor(inputs)
+    if not keras.backend.is_float_dtype(inputs.dtype):
+        inputs = ops.cast(inputs, layer.compute_dtype)
+    return inputs
+
+
 class LipResidual(keras.layers.Layer):
     """Learned convex combination of a residual branch and the identity.
 
@@ -177,6 +185,7 @@ class BatchCentering(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
+        inputs = _float_inputs(self, inputs)
         if training and self.trainable:
             mean = ops.mean(ops.cast(inputs, self.moving_mean.dtype), axis=self._reduction_axes)
             self.moving_mean.assign(self.momentum * self.moving_mean + (1.0 - self.momentum) * mean)
@@ -243,6 +252,7 @@ class LayerCentering(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
+        inputs = _float_inputs(self, inputs)
         outputs = inputs - ops.mean(inputs, axis=self._spatial_axes, keepdims=True)
         if self.bias is not None:
             outputs = outputs + ops.reshape(ops.cast(self.bias, inputs.dtype), self._param_shape)
