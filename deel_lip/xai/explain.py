@@ -19,10 +19,29 @@ from deel_lip.xai._xplique import ATTRIBUTION_METHODS, attribution_class, requir
 from deel_lip.xai.models import last_conv_layer, logits_model
 from deel_lip.xai.targets import targets_from_labels
 
-__all__ = ["explainer", "IMAGE_METHODS"]
+__all__ = ["explainer", "IMAGE_METHODS", "CONV_METHODS"]
 
 #: Methods that only explain images ``(N, H, W, C)``.
-IMAGE_METHODS = ("GradCAM", "GradCAMPP", "SobolAttributionMethod", "HsicAttributionMethod")
+IMAGE_METHODS = (
+    "GradCAM",
+    "GradCAMPP",
+    "FEM",
+    "SobolAttributionMethod",
+    "HsicAttributionMethod",
+)
+#: Methods that need a 2-D convolution layer (the last one of the model by default).
+CONV_METHODS = ("GradCAM", "GradCAMPP", "FEM")
+
+
+def _boundary_class(method):
+    """`BIG` / `BSM` for their names (any case) or classes, else None."""
+    from deel_lip.xai.boundary import BIG, BOUNDARY_METHODS, BSM, BoundaryAttributions
+
+    if isinstance(method, str) and method.upper() in BOUNDARY_METHODS:
+        return BIG if method.upper() == "BIG" else BSM
+    if isinstance(method, type) and issubclass(method, BoundaryAttributions):
+        return method
+    return None
 
 
 def _base_name(cls: type) -> str:
@@ -30,7 +49,7 @@ def _base_name(cls: type) -> str:
     attributions = require_xplique().attributions
     for klass in cls.__mro__:
         name = klass.__name__
-        if name in ATTRIBUTION_METHODS and klass is getattr(attributions, name):
+        if name in ATTRIBUTION_METHODS and klass is getattr(attributions, name, None):
             return name
     raise TypeError(f"{cls.__name__} is not an Xplique attribution method")
 
@@ -205,7 +224,11 @@ def explainer(method, model: keras.Model, *, input_shape=None, output_layer=None
       ReLU-gradient override too (Xplique applies it only at construction, so a randomised
       copy would be explained with plain gradients). On networks without ReLU (GroupSort,
       MaxMin: most 1-Lipschitz networks) both methods equal the plain gradient;
-    * **image-only methods** (Grad-CAM, Grad-CAM++, Sobol, HSIC) raise a clear error on
+    * **FEM** (gradient-free, class-agnostic) takes the last 2-D convolution by default,
+      like Grad-CAM;
+    * **BIG / BSM** (`deel_lip.xai.boundary`, not Xplique's) are built on the logits
+      view as well, with their own arguments (``boundary``, ``steps``, ``clip_min``...);
+    * **image-only methods** (Grad-CAM, Grad-CAM++, FEM, Sobol, HSIC) raise a clear error on
       non-image inputs instead of failing deep inside TensorFlow; Sobol's ``nb_design`` and
       LIME / KernelSHAP's defaults for images with other than 1 or 3 channels are checked.
 
@@ -216,7 +239,8 @@ def explainer(method, model: keras.Model, *, input_shape=None, output_layer=None
 
     Args:
         method: name of an Xplique attribution method (`ATTRIBUTION_METHODS`, any case)
-            or the class itself.
+            or the class itself; ``"BIG"`` / ``"BSM"`` (or `BIG` / `BSM`) for the boundary
+            attributions of `deel_lip.xai.boundary`.
         model: the model to explain (see `logits_model`: a final softmax is dropped).
         input_shape: input shape without the batch axis, for models without a defined
             input (unbuilt Sequential, subclassed model).
@@ -235,15 +259,22 @@ def explainer(method, model: keras.Model, *, input_shape=None, output_layer=None
             checked here (Sobol's ``nb_design``, LIME's image defaults).
         TypeError: if ``method`` is neither a name nor an Xplique attribution class.
     """
+    boundary_cls = _boundary_class(method)
+    if boundary_cls is not None:
+        view = logits_model(model, input_shape=input_shape, output_layer=output_layer)
+        return boundary_cls(view, **kwargs)
     cls = attribution_class(method)
     base = _base_name(cls)
     view = logits_model(model, input_shape=input_shape, output_layer=output_layer)
     input_shape = tuple(view.inputs[0].shape[1:])
     _check_method_arguments(base, input_shape, model, kwargs)
     conv = None
-    if base in ("GradCAM", "GradCAMPP"):
+    if base in CONV_METHODS:
         conv = _conv_layer(view, model, kwargs.pop("conv_layer", None), base)
-        kwargs["conv_layer"] = 0  # any top-level layer; replaced by the real one below
+        # Grad-CAM: any top-level layer, replaced by the real one below; FEM builds its
+        # feature model from the layer at construction, so it gets the layer's name.
+        kwargs["conv_layer"] = conv.name if base == "FEM" else 0
+        conv = None if base == "FEM" else conv
     output_shape = view.outputs[0].shape
     num_classes = None
     if kwargs.get("operator") is None and len(output_shape) == 2:
