@@ -79,18 +79,37 @@ def _static_shape(x) -> tuple:
     return tuple(ops.shape(x))
 
 
-def _sort_pairs(pairs):
-    """Sort the last axis (of size 2) with one comparison.
+def _sort_pairs(x):
+    """Sort consecutive pairs of the last axis of ``x`` (even size) with one comparison.
 
-    ``where`` routes the gradient through the selected input, so at ties the Jacobian is
-    still a permutation (``minimum``/``maximum`` would send both outputs' gradients to
-    the same input and report a gradient norm of sqrt(2)).
+    The pairs are taken from the flattened tensor: every elementwise op then runs on a
+    1-D tensor, which TensorFlow's CPU kernels handle 10x faster than the same op on a
+    5-D one. Where ``keep = first <= second`` the pair is kept, otherwise swapped; the
+    custom gradient routes each output's gradient back through that one mask, so the
+    Jacobian is a permutation (at ties too; ``minimum``/``maximum`` would send both
+    outputs' gradients to the same input) and no intermediate of the forward pass is kept.
     """
-    first, second = pairs[..., 0], pairs[..., 1]
-    keep = first <= second
-    low = ops.where(keep, first, second)
-    high = ops.where(keep, second, first)
-    return ops.stack([low, high], axis=-1)
+    return _sort_pairs_op(x)
+
+
+@ops.custom_gradient
+def _sort_pairs_op(x):
+    shape = _static_shape(x)
+    pairs = ops.reshape(x, (-1, 2))
+    keep = pairs[:, 0] <= pairs[:, 1]
+
+    def route(values):
+        first, second = values[:, 0], values[:, 1]
+        low = ops.where(keep, first, second)
+        high = ops.where(keep, second, first)
+        return ops.reshape(ops.stack([low, high], axis=-1), shape)
+
+    def grad(*args, upstream=None):
+        if upstream is None:
+            (upstream,) = args
+        return route(ops.reshape(upstream, (-1, 2)))
+
+    return route(pairs), grad
 
 
 @keras.saving.register_keras_serializable("deel_lip")
@@ -144,14 +163,13 @@ class GroupSort(_ChannelActivation):
         if self._group == 1:
             return self._scale(inputs)
         x = self._to_channels_last(inputs)
+        if self._group == 2:
+            return self._scale(self._from_channels_last(_sort_pairs(x)))
         shape = _static_shape(x)
         # Keep the leading axes, static where known: flattening to (-1, n) or a dynamic
         # target shape makes XLA's fused CPU kernel several times slower.
         groups = ops.reshape(x, tuple(shape[:-1]) + (shape[-1] // self._group, self._group))
-        if self._group == 2:
-            groups = _sort_pairs(groups)
-        else:
-            groups = ops.sort(groups, axis=-1)
+        groups = ops.sort(groups, axis=-1)
         return self._scale(self._from_channels_last(ops.reshape(groups, shape)))
 
     def get_config(self):
