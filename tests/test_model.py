@@ -274,3 +274,16 @@ def test_mirrored_strategy_two_cpus_matches_one_device():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["replicas"] == 2
     assert report["diff"] <= 1e-4
+
+
+def test_vanilla_model_is_deel_lips_name_of_vanilla_export(digits):
+    from deel_lip.model import vanillaModel
+
+    x, _ = _digits_data(digits, n=32)
+    model = _cnn("vm")
+    with pytest.warns(DeprecationWarning, match="vanilla_export"):
+        exported = vanillaModel(model)
+    assert _max_diff(exported(x), model(x)) <= 1e-6
+    with pytest.warns(DeprecationWarning, match="vanilla_export"):
+        exported = model.vanillaModel()
+    assert _max_diff(exported(x), model(x)) <= 1e-6

@@ -172,3 +172,96 @@ def test_argument_check_names_the_argument(kwargs, name):
 def test_argument_check_accepts_defaults_and_none_bjorck():
     N.check_normalization_args()
     N.check_normalization_args(eps_bjorck=None)
+
+
+# ------------------------------------------------------------ deel-lip's spellings
+
+
+def test_bjorck_normalization_accepts_deel_lip_w_keyword():
+    w = np.random.default_rng(0).normal(size=(7, 4)).astype("float32")
+    w = w / np.linalg.norm(w, 2)
+    expected = np.asarray(N.bjorck_normalization(w))
+    with pytest.warns(DeprecationWarning, match="matrix="):
+        got = np.asarray(N.bjorck_normalization(w=w, eps=1e-3, beta=0.5, maxiter=15))
+    np.testing.assert_array_equal(got, expected)
+    with pytest.raises(TypeError, match="both"):
+        N.bjorck_normalization(w, w=w)
+
+
+def test_reshaped_kernel_orthogonalization_accepts_u_none_and_beta():
+    w = np.random.default_rng(0).normal(size=(3, 3, 2, 5)).astype("float32")
+    with pytest.warns(DeprecationWarning, match="beta_bjorck"):
+        w_bar, u, sigma = N.reshaped_kernel_orthogonalization(
+            w, u=None, adjustment_coef=2.0, beta=0.4
+        )
+    values = np.linalg.svd(np.asarray(w_bar).reshape(-1, 5), compute_uv=False)
+    np.testing.assert_allclose(values, 2.0, atol=2e-3)
+    assert tuple(u.shape) == (1, 5)
+    assert float(sigma) > 0
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (5, 12)], ids=str)
+def test_spectral_normalization_u_shapes(shape):
+    """deel-lip's u is (1, last axis); ours is (1, small side); both are accepted and the
+    vector comes back in the shape given (deel-lip's for u=None)."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=shape).astype("float32")
+    exact = np.linalg.norm(w, 2)
+    for u in (None, rng.normal(size=(1, shape[1])), rng.normal(size=(1, min(shape)))):
+        w_bar, u_out, sigma = N.spectral_normalization(w, u, eps=1e-6, maxiter=100)
+        expected_shape = (1, shape[1]) if u is None else u.shape
+        assert tuple(u_out.shape) == tuple(expected_shape)
+        assert exact <= float(sigma) <= exact * 1.01
+        assert np.linalg.norm(np.asarray(w_bar, "float64"), 2) <= 1 + 1e-5
+    right = np.linalg.svd(w)[2][0]  # the top right singular vector, deel-lip's u
+    _, u_out, _ = N.spectral_normalization(w, right[None, :], eps=1e-6, maxiter=100)
+    np.testing.assert_allclose(np.abs(np.asarray(u_out)[0]), np.abs(right), atol=1e-4)
+    with pytest.raises(ValueError, match="u must have shape"):
+        N.spectral_normalization(w, np.ones((1, 7)))
+
+
+def _conv_operator_norm(kernel, shape, stride, pad_func=None):
+    import tensorflow as tf
+
+    from deel_lip.utils import layer_operator_matrix
+
+    def fn(x):
+        x = tf.cast(x, "float32")
+        if pad_func is None:
+            return tf.nn.conv2d(x, kernel, stride, "SAME")
+        return tf.nn.conv2d(pad_func(x), kernel, stride, "VALID")
+
+    return np.linalg.norm(layer_operator_matrix(fn, shape), 2)
+
+
+@pytest.mark.parametrize("stride, conv_first", [(1, True), (2, True), (2, False)])
+def test_spectral_normalization_conv_estimates_the_operator_norm(stride, conv_first):
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 2, 3)).astype("float32")
+    exact = _conv_operator_norm(kernel, (6, 6, 2), stride)
+    shape = (1, 6, 6, 2) if conv_first else (1, 6 // stride, 6 // stride, 3)
+    u = np.random.default_rng(1).normal(size=shape).astype("float32")
+    w_bar, u_out, sigma = N.spectral_normalization_conv(
+        kernel, u, stride=stride, conv_first=conv_first, eps=1e-4, maxiter=200
+    )
+    assert tuple(u_out.shape) == shape
+    np.testing.assert_allclose(float(sigma), exact, rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(w_bar), kernel / (float(sigma) + 1e-4), rtol=1e-6)
+    kernel_bar, u_same, one = N.spectral_normalization_conv(kernel, u, eps=-1.0)
+    assert kernel_bar is kernel and u_same is u and one == 1.0
+    with pytest.raises(ValueError, match="u must have shape"):
+        N.spectral_normalization_conv(kernel, np.ones((1, 6, 6, 5), "float32"))
+
+
+def test_spectral_normalization_conv_with_pad_func():
+    import tensorflow as tf
+
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 1, 2)).astype("float32")
+
+    def circular(x):
+        x = tf.concat([x[:, -1:], x, x[:, :1]], axis=1)
+        return tf.concat([x[:, :, -1:], x, x[:, :, :1]], axis=2)
+
+    exact = _conv_operator_norm(kernel, (5, 5, 1), 1, circular)
+    u = np.random.default_rng(1).normal(size=(1, 5, 5, 1)).astype("float32")
+    _, _, sigma = N.spectral_normalization_conv(kernel, u, pad_func=circular, maxiter=200)
+    np.testing.assert_allclose(float(sigma), exact, rtol=1e-3)
