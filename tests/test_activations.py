@@ -333,3 +333,52 @@ def test_jit_compile_matches_eager(features):
     model.compile(optimizer="adam", loss="mse", jit_compile=True)
     model.fit(x, x[:, 0, 0, :1], epochs=1, batch_size=50, verbose=0)
     np.testing.assert_allclose(model.predict(x, verbose=0), model(x), rtol=1e-5, atol=1e-6)
+
+
+def _reference_sort_pairs(x):
+    """Autodiff reference of GroupSort2: keep pairs where first <= second, else swap."""
+    shape = tuple(x.shape)
+    pairs = tf.reshape(x, shape[:-1] + (shape[-1] // 2, 2))
+    first, second = pairs[..., 0], pairs[..., 1]
+    keep = first <= second
+    low, high = tf.where(keep, first, second), tf.where(keep, second, first)
+    return tf.reshape(tf.stack([low, high], axis=-1), shape)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_groupsort2_fast_kernel_equals_reference_values_and_gradients(jit_compile, data_format):
+    rng = np.random.default_rng(3)
+    # Rounded values: many ties, where the gradient routing matters.
+    x = tf.constant(np.round(rng.normal(size=(4, 5, 6, 8)) * 2).astype("float32"))
+    upstream = tf.constant(rng.normal(size=(4, 5, 6, 8)).astype("float32"))
+    layer = GroupSort2(data_format=data_format)
+
+    def to_last(t):
+        return t if data_format == "channels_last" else tf.transpose(t, (0, 2, 3, 1))
+
+    @tf.function(jit_compile=jit_compile)
+    def both(x):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            ours = to_last(layer(x))
+            reference = _reference_sort_pairs(to_last(x))
+        return (
+            ours,
+            reference,
+            tape.gradient(ours, x, output_gradients=upstream),
+            tape.gradient(reference, x, output_gradients=upstream),
+        )
+
+    inputs = x if data_format == "channels_last" else tf.transpose(x, (0, 3, 1, 2))
+    ours, reference, grad_ours, grad_reference = both(inputs)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(reference))
+    np.testing.assert_array_equal(np.asarray(grad_ours), np.asarray(grad_reference))
+
+
+def test_householder_casts_integer_inputs_like_keras_layers():
+    ints = np.arange(24, dtype="int32").reshape(2, 3, 4) - 12
+    layer = Householder()
+    out = layer(ints)
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(layer(ints.astype("float32"))))

@@ -439,3 +439,15 @@ def test_jit_compile_matches_eager(images):
     model.compile(optimizer="adam", loss="mse", jit_compile=True)
     model.fit(x, np.ones((len(x), 8)), epochs=1, batch_size=50, verbose=0)
     np.testing.assert_allclose(model.predict(x, verbose=0), model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [ScaledGlobalAveragePooling2D, ScaledGlobalL2NormPooling2D])
+def test_global_pooling_casts_integer_inputs_like_keras_layers(cls):
+    ints = np.arange(2 * 3 * 4 * 2, dtype="int32").reshape(2, 3, 4, 2) - 10
+    layer = cls()
+    out = layer(ints)
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    expected = layer(ints.astype("float32"))
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
+    keras_out = keras.layers.GlobalAveragePooling2D()(ints)
+    assert keras.backend.standardize_dtype(keras_out.dtype) == "float32"

@@ -71,6 +71,13 @@ class _ChannelActivation(LipschitzLayer, keras.layers.Layer):
         return config
 
 
+def _as_float(x, dtype):
+    """Integer or boolean inputs cast to the layer's compute dtype (as Keras layers do)."""
+    if keras.backend.is_float_dtype(keras.backend.standardize_dtype(x.dtype)):
+        return x
+    return ops.cast(x, dtype)
+
+
 def _static_shape(x) -> tuple:
     """Shape of ``x`` with static sizes where known and -1 for an unknown batch size."""
     static = tuple(x.shape)
@@ -328,7 +335,7 @@ class Householder(_ChannelActivation):
         self.built = True
 
     def call(self, inputs):
-        x = self._to_channels_last(inputs)
+        x = self._to_channels_last(_as_float(inputs, self.compute_dtype))
         z1, z2 = ops.split(x, 2, axis=-1)
         theta = ops.cast(self.theta, x.dtype)
         cos, sin = ops.cos(theta), ops.sin(theta)

@@ -84,6 +84,13 @@ def _check_valid_window(layer) -> None:
         )
 
 
+def _as_float(x, dtype):
+    """Integer or boolean inputs cast to the layer's compute dtype (as Keras layers do)."""
+    if keras.backend.is_float_dtype(keras.backend.standardize_dtype(x.dtype)):
+        return x
+    return ops.cast(x, dtype)
+
+
 def _spatial_axes(data_format: str) -> tuple[int, int]:
     return (1, 2) if data_format == "channels_last" else (2, 3)
 
@@ -271,6 +278,7 @@ class ScaledGlobalAveragePooling2D(LipschitzLayer, keras.layers.GlobalAveragePoo
         self._init_lipschitz(k_coef_lip)
 
     def call(self, inputs):
+        inputs = _as_float(inputs, self.compute_dtype)
         axes = _spatial_axes(self.data_format)
         sums = ops.sum(inputs, axis=axes, keepdims=self.keepdims)
         return sums * (self._get_coef() / ops.sqrt(_spatial_size(inputs, axes)))
@@ -319,6 +327,7 @@ class ScaledGlobalL2NormPooling2D(LipschitzLayer, keras.layers.GlobalAveragePool
         self._init_lipschitz(k_coef_lip)
 
     def call(self, inputs):
+        inputs = _as_float(inputs, self.compute_dtype)
         axes = _spatial_axes(self.data_format)
         sums = ops.sum(ops.square(inputs), axis=axes, keepdims=self.keepdims)
         return sqrt_zero_grad_below(sums, self.eps_grad_sqrt) * self._get_coef()
