@@ -106,7 +106,9 @@ class FrobeniusDense(_DenseKernel, FrobeniusKernel, keras.layers.Dense):
     With ``disjoint_neurons=True`` each column is normalised separately,
     ``W_bar[:, j] = k_coef_lip * W[:, j] / ||W[:, j]||``: each output unit is then
     ``k_coef_lip``-Lipschitz on its own (use the ``2 L`` certificate), the output vector
-    as a whole up to ``k_coef_lip * sqrt(units)``. With one unit both coincide.
+    as a whole up to ``k_coef_lip * sqrt(units)``. With one unit both coincide. A per-unit
+    layer is sound only as the last layer with a Lipschitz constant of a model: the
+    `deel_lip.model` wrappers warn when another Lipschitz layer follows it.
 
     Args:
         units, activation, use_bias, ...: as in `keras.layers.Dense`.
