@@ -1,6 +1,7 @@
 """Peak training memory of one model, measured in a fresh process.
 
-``python -m benchmarks.memory ARCH {deel_lip,plain,unconstrained} EPOCHS N_TRAIN`` builds
+``python -m benchmarks.memory ARCH BUILD EPOCHS N_TRAIN`` (BUILD a name of
+`benchmarks.training.BUILDS`) builds
 and compiles the model, runs one predict to load the runtime, then trains while a thread
 samples the resident set size (``/proc/self/statm``, every 2 ms), and prints as JSON the
 peak growth over the size before training (kB), overall (``training_kb``, the first epoch
@@ -54,7 +55,7 @@ def measure(arch: str, which: str, epochs: int, n_train: int) -> dict:
     from benchmarks.training import benchmark_data, compiled_models
 
     x_train, y_train, x_test, _ = benchmark_data(arch, n_train=n_train)
-    model = compiled_models(arch)[which]
+    model = compiled_models(arch, (which,))[which]
     model.predict(x_test[:256], verbose=0)
     y = keras.utils.to_categorical(y_train, 10)
     before = _rss_kb()

@@ -2,11 +2,11 @@
 
 * ``small``: the MNIST CNN of the speed issue - two 3x3 convolutions (16, 32 channels),
   each followed by GroupSort2 and 2x2 L2-norm pooling, then Dense 64 + GroupSort2 and
-  Dense 10. The plain twin uses Conv2D/Dense with ReLU and 2x2 max pooling.
+  Dense 10. The plain baselines use Conv2D/Dense with ReLU and 2x2 average or max pooling.
 * ``wide``: the same with 64 and 128 channels on 32x32x3 inputs.
 
 Three builds of each: `lipschitz_model` (deel_lip), `plain_model` (what a Keras user
-trains without constraint: ReLU, max pooling, cross-entropy) and `unconstrained_model`
+trains without constraint: ReLU, average or max pooling, cross-entropy) and `unconstrained_model`
 (the deel_lip architecture with plain `Conv2D`/`Dense` kernels: the only difference with
 the deel_lip build is the constraint, so it measures the constraint's cost alone; its
 inference graph is the one `vanilla_export` produces).
@@ -49,21 +49,24 @@ def lipschitz_model(arch: str, classes: int = 10) -> keras.Model:
         return Sequential(layers, name=f"deel_lip_{arch}")
 
 
-def plain_model(arch: str, classes: int = 10) -> keras.Model:
-    """Unconstrained twin: Conv2D + ReLU + MaxPooling2D, Dense + ReLU."""
+def plain_model(arch: str, classes: int = 10, pooling: str = "average") -> keras.Model:
+    """What a Keras user trains without constraint: Conv2D + ReLU + pooling, Dense + ReLU.
+
+    ``pooling`` is "average" (`AveragePooling2D`) or "max" (`MaxPooling2D`).
+    """
+    if pooling not in ("average", "max"):
+        raise ValueError(f"pooling must be 'average' or 'max', received: {pooling!r}")
+    pool = keras.layers.AveragePooling2D if pooling == "average" else keras.layers.MaxPooling2D
     spec = ARCHITECTURES[arch]
     layers = [keras.Input(spec["input_shape"])]
     for filters in spec["channels"]:
-        layers += [
-            keras.layers.Conv2D(filters, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(2),
-        ]
+        layers += [keras.layers.Conv2D(filters, 3, padding="same", activation="relu"), pool(2)]
     layers += [
         keras.layers.Flatten(),
         keras.layers.Dense(spec["units"], activation="relu"),
         keras.layers.Dense(classes),
     ]
-    return keras.Sequential(layers, name=f"plain_{arch}")
+    return keras.Sequential(layers, name=f"plain_{pooling}_{arch}")
 
 
 def unconstrained_model(arch: str, classes: int = 10) -> keras.Model:

@@ -1,7 +1,10 @@
 """`make bench`: measure deel_lip against plain Keras and write the results.
 
-Writes ``benchmarks/results/latest.json`` and ``benchmarks/results/latest.md`` (included by
-the docs page "Benchmarks"). ``--quick`` runs tiny settings (used by the test suite).
+``make bench`` writes ``benchmarks/results/scratch.{json,md}`` (git-ignored); ``make
+bench-save`` (``--save``) writes the committed ``benchmarks/results/latest.{json,md}``,
+included by the docs page "Benchmarks". ``--quick`` runs tiny settings (used by the test
+suite). The device (CPU or GPU) is detected and reported; nothing else changes on a GPU
+machine (Keras's ``jit_compile="auto"`` then resolves to XLA for the default builds).
 """
 
 from __future__ import annotations
@@ -18,71 +21,79 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+def _fmt(value, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _device() -> str:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"GPU ({details.get('device_name', gpus[0].name)}) x{len(gpus)}"
+    return "CPU only"
 
 
 def _markdown(report: dict) -> str:
     lines = [
-        f"Measured on {report['machine']} ({report['cores']} cores), "
+        f"Measured on {report['machine']} ({report['cores']} cores, device: {report['device']}), "
         f"{report['date']}, with `make bench`.",
         "",
-        "Seconds per training epoch (median after a warm-up epoch) and ratios. *plain*: the "
-        "same network from plain Keras layers as a Keras user would train it without "
-        "constraint (ReLU, max pooling, cross-entropy); *unconstrained*: the deel_lip "
-        "architecture (GroupSort2, L2-norm pooling, hinge-KR loss) with plain `Conv2D`/`Dense` "
-        "kernels, so that the only difference is the constraint.",
+        "Seconds per training epoch (median after a warm-up epoch). *default*: "
+        "`compile()` left at Keras's defaults (`jit_compile='auto'`: no XLA on a CPU-only "
+        "machine); *xla*: `jit_compile=True`. Ratios are over the **fastest** plain Keras "
+        "baseline (ReLU CNN with average or max pooling, defaults or XLA).",
         "",
-        "| model | s/epoch deel_lip | s/epoch plain | s/epoch unconstrained | "
-        "ratio vs plain | ratio vs unconstrained | best-epoch ratio vs plain | "
-        "best-epoch ratio vs unconstrained |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | deel_lip default | deel_lip xla | unconstrained default | plain avg "
+        "default / xla | plain max default / xla | fastest baseline | **ratio default** | "
+        "**ratio xla** | ratio vs unconstrained |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["training"]:
-        seconds = row["epoch_seconds"]
-        best = {name: min(values) for name, values in row["epoch_seconds_all"].items()}
+        sec = row["epoch_seconds"]
+
+        def s(name, sec=sec):
+            return _fmt(sec.get(name), 3)
+
         lines.append(
-            f"| {row['architecture']} | {seconds['deel_lip']:.3f} | {seconds['plain']:.3f} | "
-            f"{seconds['unconstrained']:.3f} | **{row['epoch_ratio']:.3f}** | "
-            f"**{row['epoch_ratio_vs_unconstrained']:.3f}** | "
-            f"{best['deel_lip'] / best['plain']:.3f} | "
-            f"{best['deel_lip'] / best['unconstrained']:.3f} |"
+            f"| {row['architecture']} | {s('deel_lip')} | {s('deel_lip_xla')} | "
+            f"{s('unconstrained')} | {s('plain_avg')} / {s('plain_avg_xla')} | "
+            f"{s('plain_max')} / {s('plain_max_xla')} | {row['fastest_baseline']} | "
+            f"**{_fmt(row['ratio_default'], 3)}** | **{_fmt(row.get('ratio_xla'), 3)}** | "
+            f"{_fmt(row['ratio_vs_unconstrained'], 3)} |"
         )
     if any("memory_kb" in row for row in report["training"]):
         lines += [
             "",
-            "Training memory, MB (each model in a fresh process; growth of the resident set "
-            "over its size before `fit`): *whole* = peak growth over the first epochs, XLA "
-            "compilation included; *steady* = peak growth over epochs run after a first one "
-            "(a few MB, at the noise level, hence no ratio); *process* = peak resident set "
-            "size of the whole process.",
+            "Memory, MB: growth of the resident set over the first epoch (tracing and "
+            "compilation included) and over later epochs (*steady*), each build in a fresh "
+            "process, Keras defaults.",
             "",
-            "| model | whole deel_lip / plain / unconstrained | ratio vs plain | "
-            "steady deel_lip / plain / unconstrained | "
-            "process deel_lip / plain | ratio vs plain |",
-            "|---|---|---|---|---|---|",
+            "| model | first epoch deel_lip / unconstrained / plain avg | "
+            "**ratio vs unconstrained** | steady deel_lip / unconstrained / plain avg |",
+            "|---|---|---|---|",
         ]
         for row in report["training"]:
             if "memory_kb" not in row:
                 continue
-            mem, ratio = row["memory_kb"], row["memory_ratio"]
-            names = ("deel_lip", "plain", "unconstrained")
-            whole = " / ".join(f"{mem[n]['training_kb'] / 1024:.0f}" for n in names)
+            mem = row["memory_kb"]
+            names = ("deel_lip", "unconstrained", "plain_avg")
+            first = " / ".join(f"{mem[n]['first_epoch_kb'] / 1024:.0f}" for n in names)
             steady = " / ".join(f"{mem[n]['steady_state_kb'] / 1024:.0f}" for n in names)
-            process = " / ".join(f"{mem[n]['peak_rss_kb'] / 1024:.0f}" for n in names[:2])
             lines.append(
-                f"| {row['architecture']} | {whole} | "
-                f"{_fmt(ratio['training_kb']['plain'])} | {steady} | {process} | "
-                f"{_fmt(ratio['peak_rss_kb']['plain'])} |"
+                f"| {row['architecture']} | {first} | "
+                f"**{_fmt(row['memory_ratio_first_epoch'], 2)}** | {steady} |"
             )
     lines += [
         "",
-        "Inference (exported model, compiled with XLA like the others) and accuracy after "
+        "Inference (Keras defaults, train + test images) and accuracy after "
         f"{report['training'][0]['epochs']} epochs of {report['training'][0]['n_train']} images"
         " (certified accuracy of the deel_lip model at L2 radii 36/255, 0.5, 1.0):",
         "",
-        "| model | inference exported / plain | exported / unconstrained | accuracy deel_lip | "
-        "accuracy plain | accuracy unconstrained | certified accuracy | export max abs diff |",
+        "| model | exported / plain avg | deel_lip / exported | accuracy deel_lip | "
+        "accuracy plain avg | accuracy unconstrained | certified accuracy | "
+        "export max abs diff |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in report["training"]:
@@ -90,9 +101,22 @@ def _markdown(report: dict) -> str:
         acc = row["accuracy"]
         lines.append(
             f"| {row['architecture']} | {row['inference_ratio_exported_vs_plain']:.3f} | "
-            f"{row['inference_ratio_exported_vs_unconstrained']:.3f} | {acc['deel_lip']:.3f} | "
-            f"{acc['plain']:.3f} | {acc['unconstrained']:.3f} | {cert} | "
+            f"{row['inference_ratio_deel_lip_vs_exported']:.3f} | {acc['deel_lip']:.3f} | "
+            f"{acc['plain_avg']:.3f} | {acc['unconstrained']:.3f} | {cert} | "
             f"{row['export_max_abs_diff']:.1e} |"
+        )
+    lines += [
+        "",
+        "Forward + backward of one layer on a 128x28x28x16 tensor, median milliseconds, "
+        "and ratio to Keras's ReLU (activations) or average pooling (poolings):",
+        "",
+        "| layer | default ms | ratio | xla ms | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for row in report["kernels"]:
+        lines.append(
+            f"| {row['layer']} | {row['default_ms']:.1f} | {_fmt(row.get('default_ratio'))} | "
+            f"{row['xla_ms']:.1f} | {_fmt(row.get('xla_ratio'))} |"
         )
     lines += [
         "",
@@ -114,55 +138,69 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny settings, for tests")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--save", action="store_true", help="write latest.{json,md} (committed) not scratch"
+    )
     parser.add_argument("--architectures", nargs="+", default=["small", "wide"])
     args = parser.parse_args(argv)
 
+    from benchmarks.kernels import run_kernel_benchmark
     from benchmarks.memory import measure_in_subprocess
     from benchmarks.normalization import SHAPES, run_normalization_benchmark
-    from benchmarks.training import run_training_benchmark
+    from benchmarks.training import BUILDS, run_training_benchmark
 
+    started = time.perf_counter()
     if args.quick:
         settings = dict(epochs=2, n_train=256, n_test=128, inference_repeats=1)
-        shapes, repeats = SHAPES[:2], 2
+        shapes, repeats, kernel_shape = SHAPES[:2], 2, (8, 28, 28, 16)
     else:
-        settings = dict(epochs=8, n_train=4000, n_test=1000, inference_repeats=7)
-        shapes, repeats = SHAPES, 15
+        settings = dict(epochs=6, n_train=4000, n_test=1000, inference_repeats=5)
+        shapes, repeats, kernel_shape = SHAPES, 11, (128, 28, 28, 16)
+    # The wide model is slow without XLA on 2 cores: fewer builds and epochs.
+    wide_builds = ("deel_lip", "deel_lip_xla", "unconstrained", "plain_avg", "plain_avg_xla")
     report = {
         "machine": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
+        "device": _device(),
         "date": time.strftime("%Y-%m-%d"),
         "quick": args.quick,
         "training": [],
     }
     for arch in args.architectures:
         print(f"[bench] training {arch} ...", flush=True)
-        row = run_training_benchmark(arch, **settings)
+        arch_settings = dict(settings)
+        names = tuple(BUILDS)
+        if arch == "wide":
+            names = wide_builds
+            arch_settings["epochs"] = min(settings["epochs"], 4)
+        row = run_training_benchmark(arch, names=names, **arch_settings)
         if not args.quick:
             memory = {
-                which: measure_in_subprocess(arch, which)
-                for which in ("deel_lip", "plain", "unconstrained")
+                which: measure_in_subprocess(arch, which, epochs=1)
+                for which in ("deel_lip", "unconstrained", "plain_avg")
             }
             row["memory_kb"] = memory
-            row["memory_ratio"] = {
-                key: {
-                    other: memory["deel_lip"][key] / max(memory[other][key], 1)
-                    for other in ("plain", "unconstrained")
-                }
-                for key in ("training_kb", "steady_state_kb", "peak_rss_kb")
-            }
+            row["memory_ratio_first_epoch"] = memory["deel_lip"]["first_epoch_kb"] / max(
+                memory["unconstrained"]["first_epoch_kb"], 1
+            )
         print(
-            f"[bench] {arch}: epoch ratio {row['epoch_ratio']:.3f} vs plain, "
-            f"{row['epoch_ratio_vs_unconstrained']:.3f} vs unconstrained, "
-            f"inference exported/plain {row['inference_ratio_exported_vs_plain']:.3f}",
+            f"[bench] {arch}: ratio default {row['ratio_default']:.3f}, "
+            f"xla {row.get('ratio_xla', float('nan')):.3f} (fastest baseline "
+            f"{row['fastest_baseline']}), vs unconstrained {row['ratio_vs_unconstrained']:.3f}",
             flush=True,
         )
         report["training"].append(row)
+    print("[bench] activation / pooling kernels ...", flush=True)
+    report["kernels"] = run_kernel_benchmark(kernel_shape, repeats=repeats)
     print("[bench] normalisation micro-benchmark ...", flush=True)
     report["normalization"] = run_normalization_benchmark(shapes, repeats=repeats)
+    report["run_seconds"] = time.perf_counter() - started
+    stem = "latest" if args.save else "scratch"
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "latest.json").write_text(json.dumps(report, indent=2))
-    (args.output / "latest.md").write_text(_markdown(report))
+    (args.output / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (args.output / f"{stem}.md").write_text(_markdown(report))
     print(_markdown(report))
+    print(f"[bench] {report['run_seconds']:.0f} s, written to {args.output / stem}.{{json,md}}")
     return report
 
 
