@@ -43,8 +43,11 @@ order-check: install
 demo: install
 	$(BIN)/python scripts/demo.py
 
-bench: install
+bench: install  # writes benchmarks/results/scratch.{json,md} (git-ignored)
 	$(BIN)/python -m benchmarks.run
+
+bench-save: install  # updates the committed benchmarks/results/latest.{json,md}
+	$(BIN)/python -m benchmarks.run --save
 
 results: install
 	$(BIN)/python scripts/loss_tradeoff.py
