@@ -86,6 +86,16 @@ def _static_shape(x) -> tuple:
     return tuple(ops.shape(x))
 
 
+def _in_xla_context() -> bool:
+    """True while tracing a function compiled by XLA (``jit_compile=True``)."""
+    if keras.backend.backend() != "tensorflow":
+        return True
+    from tensorflow.python.framework import ops as tf_ops
+    from tensorflow.python.ops import control_flow_util
+
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
+
+
 def _sort_pairs(x):
     """Sort consecutive pairs of the last axis of ``x`` (even size) with one comparison.
 
@@ -102,11 +112,13 @@ def _sort_pairs(x):
 @ops.custom_gradient
 def _sort_pairs_op(x):
     shape = _static_shape(x)
-    pairs = ops.reshape(x, (-1, 2))
-    keep = pairs[:, 0] <= pairs[:, 1]
+    # XLA fuses the static (..., pairs, 2) layout best; TensorFlow's own kernels the 1-D one.
+    pairs_shape = (-1, shape[-1] // 2, 2) if _in_xla_context() else (-1, 2)
+    pairs = ops.reshape(x, pairs_shape)
+    keep = pairs[..., 0] <= pairs[..., 1]
 
     def route(values):
-        first, second = values[:, 0], values[:, 1]
+        first, second = values[..., 0], values[..., 1]
         low = ops.where(keep, first, second)
         high = ops.where(keep, second, first)
         return ops.reshape(ops.stack([low, high], axis=-1), shape)
@@ -114,7 +126,7 @@ def _sort_pairs_op(x):
     def grad(*args, upstream=None):
         if upstream is None:
             (upstream,) = args
-        return route(ops.reshape(upstream, (-1, 2)))
+        return route(ops.reshape(upstream, pairs_shape))
 
     return route(pairs), grad
 
