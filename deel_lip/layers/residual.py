@@ -43,7 +43,6 @@ def _broadcast_shape(rank: int, axis: int, channels: int) -> list[int]:
     return shape
 
 
-@keras.saving.register_keras_serializable("deel_lip")
 def _float_inputs(layer, inputs):
     """Integer or boolean inputs cast to the layer's compute dtype (as Keras layers do)."""
     inputs = ops.convert_to_tensor(inputs)
@@ -52,6 +51,7 @@ def _float_inputs(layer, inputs):
     return inputs
 
 
+@keras.saving.register_keras_serializable("deel_lip")
 class LipResidual(keras.layers.Layer):
     """Learned convex combination of a residual branch and the identity.
 
