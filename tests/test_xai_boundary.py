@@ -210,3 +210,39 @@ def test_bad_arguments(otnn):
         BIG(model, boundary_kwargs=[1])
     with pytest.raises(ValueError, match="targets must be given"):
         BIG(model)(x)
+
+
+def test_library_tables_and_callbacks(otnn, tmp_path):
+    """BIG / BSM through `evaluate_attributions` and both training callbacks."""
+    from deel_lip.xai import (
+        ATTRIBUTION_METHODS,
+        AttributionSnapshotCallback,
+        XpliqueMetricsCallback,
+        evaluate_attributions,
+    )
+
+    model, x, y = otnn
+    x, y = x[:8], y[:8]
+    assert {"BIG", "BSM", "FEM"} <= set(ATTRIBUTION_METHODS)
+    table = evaluate_attributions(
+        model,
+        x,
+        y,
+        ["BIG", "BSM", "Saliency"],
+        ["MuFidelity", "Deletion"],
+        method_kwargs={"BIG": {"steps": 4}},
+        metric_kwargs={"MuFidelity": {"nb_samples": 8, "grid_size": 4}},
+    )
+    assert set(table) == {"BIG", "BSM", "Saliency"}
+    assert all(np.isfinite(v) for row in table.values() for v in row.values())
+    metrics = XpliqueMetricsCallback(
+        x, y, ["BIG"], ["Deletion"], method_kwargs={"BIG": {"steps": 4}}
+    )
+    snapshots = AttributionSnapshotCallback(x[:3], y[:3], "BSM", str(tmp_path))
+    metrics.set_model(model)
+    snapshots.set_model(model)
+    logs = {}
+    metrics.on_epoch_end(0, logs)
+    snapshots.on_epoch_end(0, {})
+    assert np.isfinite(logs["xai/BIG/Deletion"])
+    assert len(list(tmp_path.glob("*.png"))) == 1

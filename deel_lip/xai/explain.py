@@ -178,6 +178,35 @@ def _conv_layer(view, model, conv_layer, method_name):
     return layer
 
 
+def _connected_output(view, layer):
+    """The output of ``layer`` in the graph of ``view`` (``layer.output`` is the one of its
+    first call, which a view built on a new input does not contain)."""
+    for node in getattr(layer, "_inbound_nodes", []):
+        for tensor in getattr(node, "output_tensors", None) or getattr(node, "outputs", []):
+            try:
+                return keras.Model(view.inputs, tensor)
+            except ValueError:
+                continue
+    raise ValueError(f"layer {layer.name!r} is not reached from the inputs of the model")
+
+
+def _fem(ready: type, view, conv, kwargs: dict):
+    """Xplique's FEM on ``conv`` as called in ``view``.
+
+    FEM builds its feature model from ``conv_layer.output`` at construction, which fails
+    on a view; the instance gets the same attributes with the connected feature model.
+    """
+    unknown = sorted(set(kwargs) - {"batch_size", "k", "conv_layer"})
+    if unknown:
+        raise TypeError(f"FEM accepts batch_size, k and conv_layer, received: {unknown}")
+    instance = ready.__new__(ready)
+    instance.batch_size = kwargs.get("batch_size", 32)
+    instance.k = tf.cast(kwargs.get("k", 2.0), tf.float32)
+    instance.conv_layer = conv
+    instance.model = _connected_output(view, conv)
+    return instance
+
+
 def _check_method_arguments(base: str, input_shape: tuple, model, kwargs: dict) -> None:
     if base in IMAGE_METHODS and len(input_shape) != 3:
         raise ValueError(
@@ -271,10 +300,12 @@ def explainer(method, model: keras.Model, *, input_shape=None, output_layer=None
     conv = None
     if base in CONV_METHODS:
         conv = _conv_layer(view, model, kwargs.pop("conv_layer", None), base)
-        # Grad-CAM: any top-level layer, replaced by the real one below; FEM builds its
-        # feature model from the layer at construction, so it gets the layer's name.
-        kwargs["conv_layer"] = conv.name if base == "FEM" else 0
-        conv = None if base == "FEM" else conv
+        # Grad-CAM: any top-level layer, replaced by the real one below.
+        if base == "FEM":
+            instance = _fem(_ready_class(cls), view, conv, kwargs)
+            instance._xai_setup(None)
+            return instance
+        kwargs["conv_layer"] = 0
     output_shape = view.outputs[0].shape
     num_classes = None
     if kwargs.get("operator") is None and len(output_shape) == 2:
