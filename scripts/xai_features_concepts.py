@@ -204,6 +204,38 @@ def _clone(model):
     return clone
 
 
+def run_rgb(args, start) -> list:
+    """MACO on small RGB models (32x32 crops of the two sample photos), every seed."""
+    entries = []
+    for seed in range(args.seeds):
+        keras.utils.set_random_seed(seed)
+        data = rgb_data(seed)
+        models = {"OTNN": small_otnn((32, 32, 3), 2), "CNN": cnn((32, 32, 3), 2, (16, 32, 32))}
+        acc = train_pair(models["OTNN"], models["CNN"], data, args.otnn_epochs, 8)
+        entry = {"seed": seed, "accuracy": acc, "maco": {}}
+        for name, model in models.items():
+            results = run_maco(model, range(2), seed, args.steps, args.crops)
+            entry["maco"][name] = {
+                "success": int(sum(r.success for r in results)),
+                "ranks": [r.rank for r in results],
+            }
+            if seed == 0:
+                plot_feature_visualizations(
+                    results,
+                    cols=2,
+                    img_size=2.0,
+                    save_path=OUT / f"xai_features_rgb_{name.lower()}.png",
+                )
+        print(
+            f"[rgb seed {seed}] accuracy {acc}, MACO "
+            f"{ {k: v['success'] for k, v in entry['maco'].items()} } "
+            f"({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+        entries.append(entry)
+    return entries
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -212,12 +244,35 @@ def main() -> int:
     parser.add_argument("--otnn-epochs", type=int, default=5)
     parser.add_argument("--concepts", type=int, default=10)
     parser.add_argument("--design", type=int, default=16)
+    parser.add_argument("--from-json", action="store_true", help="rewrite the tables only")
+    parser.add_argument("--rgb-only", action="store_true", help="the RGB case only")
+    parser.add_argument("--only-seed", type=int, default=None, help="one MNIST seed only")
     args = parser.parse_args()
+    if args.from_json:
+        report = json.loads((OUT / "xai_features_concepts.json").read_text())
+        rgb_path = OUT / "xai_features_rgb.json"
+        if not report["rgb"] and rgb_path.exists():
+            report["rgb"] = json.loads(rgb_path.read_text())
+        done = {entry["seed"] for entry in report["mnist"]}
+        for path in sorted(OUT.glob("xai_features_concepts_seed*.json")):
+            entry = json.loads(path.read_text())
+            if entry["seed"] not in done:
+                report["mnist"].append(entry)
+                path.unlink()
+        report["mnist"].sort(key=lambda entry: entry["seed"])
+        save(report)
+        write_markdown(report)
+        return 0
+    if args.rgb_only:
+        report = {"rgb": run_rgb(args, time.perf_counter())}
+        (OUT / "xai_features_rgb.json").write_text(json.dumps(report["rgb"], indent=2))
+        return 0
     start = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)
     images, labels = load_mnist()
     report = {"settings": vars(args), "mnist": [], "rgb": []}
-    for seed in range(args.seeds):
+    seeds = range(args.seeds) if args.only_seed is None else [args.only_seed]
+    for seed in seeds:
         keras.utils.set_random_seed(seed)
         data = train_test_split(images, labels, n_test=1000, seed=seed)
         x_train, y_train, x_test, y_test = data
@@ -265,38 +320,26 @@ def main() -> int:
                 k: v["max_ratio"] for k, v in report["randomization"].items() if isinstance(v, dict)
             }
             print(f"  randomisation max sv/bound: {ratios}", flush=True)
+        if args.only_seed is not None:  # merged by --from-json
+            path = OUT / f"xai_features_concepts_seed{seed}.json"
+            path.write_text(json.dumps(entry, indent=2))
+            return 0
         report["mnist"].append(entry)
         save(report)  # partial results after every seed
-    for seed in range(args.seeds):
-        keras.utils.set_random_seed(seed)
-        data = rgb_data(seed)
-        models = {"OTNN": small_otnn((32, 32, 3), 2), "CNN": cnn((32, 32, 3), 2, (16, 32, 32))}
-        acc = train_pair(models["OTNN"], models["CNN"], data, args.otnn_epochs, 8)
-        entry = {"seed": seed, "accuracy": acc, "maco": {}}
-        for name, model in models.items():
-            results = run_maco(model, range(2), seed, args.steps, args.crops)
-            entry["maco"][name] = {
-                "success": int(sum(r.success for r in results)),
-                "ranks": [r.rank for r in results],
-            }
-            if seed == 0:
-                plot_feature_visualizations(
-                    results,
-                    cols=2,
-                    img_size=2.0,
-                    save_path=OUT / f"xai_features_rgb_{name.lower()}.png",
-                )
-        print(
-            f"[rgb seed {seed}] accuracy {acc}, MACO "
-            f"{ {k: v['success'] for k, v in entry['maco'].items()} } "
-            f"({time.perf_counter() - start:.0f} s)",
-            flush=True,
-        )
-        report["rgb"].append(entry)
+    report["rgb"] = run_rgb(args, start)
     report["seconds"] = time.perf_counter() - start
     save(report)
     print(f"done in {report['seconds']:.0f} s", flush=True)
     return 0
+
+
+def logit_areas(row: dict) -> dict:
+    """The areas in logits (older reports kept only the normalised ones)."""
+    row = dict(row)
+    span = row["full"] - row["empty"] if row["full"] != row["empty"] else 1.0
+    for key in ("deletion", "insertion", "deletion_random", "insertion_random"):
+        row.setdefault(f"{key}_logit", row[key] * span + row["empty"])
+    return row
 
 
 def save(report: dict) -> None:
@@ -337,28 +380,37 @@ def write_markdown(report: dict) -> None:
     lines = [
         f"Written by `scripts/xai_features_concepts.py` ({n} seeds, {settings['concepts']} "
         f"concepts, Sobol with {settings['design']} designs, classes {list(CRAFT_CLASSES)}, "
-        "cut after the second pooling layer). Deletion / insertion: area under the class "
-        "logit, normalised to 1 with all concepts and 0 with none, as concepts are removed / "
-        "added by decreasing importance (deletion: lower is better; insertion: higher is "
-        "better); *random* is the same with random orders. Mean ± standard error over seeds.",
+        "cut after the second pooling layer, 50 test digits of the class). Deletion / "
+        "insertion: area under the mean class logit `h((U m) W)` as concepts are removed / "
+        "added by decreasing Sobol importance, `k/r` from 0 to 1 (deletion: lower is "
+        "better; insertion: higher is better); *random*: the same with random orders; "
+        "*full* / *empty*: the logit with every concept / none. In logits, so compare "
+        "within a row (the OTNN's logits are smaller). *Sobol < random* counts the seeds "
+        "where the Sobol order beats the random one (deletion, insertion). Mean ± standard "
+        "error over seeds.",
         "",
-        "| model | class | NMF rel. error | deletion | deletion (random) | insertion | "
-        "insertion (random) |",
-        "|---|---|---|---|---|---|---|",
+        "| model | class | NMF rel. error | full | empty | deletion | deletion (random) | "
+        "insertion | insertion (random) | Sobol beats random |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model in ("OTNN", "CNN"):
         for c in CRAFT_CLASSES:
-            rows = [e["craft"][model][str(c)] for e in mnist]
+            rows = [logit_areas(e["craft"][model][str(c)]) for e in mnist]
             cells = [
                 fmt([r[k] for r in rows], 3)
                 for k in (
                     "reconstruction_error",
-                    "deletion",
-                    "deletion_random",
-                    "insertion",
-                    "insertion_random",
+                    "full",
+                    "empty",
+                    "deletion_logit",
+                    "deletion_random_logit",
+                    "insertion_logit",
+                    "insertion_random_logit",
                 )
             ]
+            wins_del = sum(r["deletion_logit"] < r["deletion_random_logit"] for r in rows)
+            wins_ins = sum(r["insertion_logit"] > r["insertion_random_logit"] for r in rows)
+            cells.append(f"{wins_del}/{len(rows)}, {wins_ins}/{len(rows)}")
             lines.append(f"| {model} | {c} | " + " | ".join(cells) + " |")
     rand = report.get("randomization")
     if rand:

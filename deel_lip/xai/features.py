@@ -9,7 +9,9 @@ with Xplique's building blocks, and checks the result on the model:
 * ``method="maco"`` (Fel et al. 2023, "Unlocking feature visualization for deeper networks
   with magnitude constrained optimization"): the image is ``irfft2(M e^{i phi})`` with a
   fixed magnitude spectrum ``M`` (the mean spectrum of ``reference_images``) and an
-  optimised phase ``phi``; each step scores random crops of the canvas.
+  optimised phase ``phi`` (Nadam ascent); each step scores random noisy crops of the
+  canvas. The step runs here, with Xplique's parametrisation (``init_maco_buffer``,
+  ``maco_image_parametrization``), traced once per layer for every target.
 * ``method="fourier"``: Xplique's ``optimize`` (Olah et al. 2017, Fourier-preconditioned
   pixels with the standard jitter / scale / blur transformations).
 
@@ -248,7 +250,7 @@ def _maco_step(view, nb_crops: int, values_range):
 
     size = tuple(int(d) for d in view.inputs[0].shape[1:3])
 
-    @tf.function
+    @tf.function(autograph=False)  # no Python control flow to convert
     def step(magnitude, phase, mask, box, noise):
         with tf.GradientTape() as tape:
             tape.watch(phase)
