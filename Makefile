@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Seeds of `make order-check`: the xai tests in three shuffled orders (pytest-randomly).
 ORDER_SEEDS ?= 1 2 3
 
-.PHONY: install test lint docs notebooks order-check demo bench results xai-results clean
+.PHONY: install test lint docs notebooks order-check demo bench bench-save results xai-results clean
 
 install: $(STAMP)
 

@@ -45,7 +45,7 @@ def lipschitz_loss():
     """Multiclass hinge-KR loss of the library (the loss a deel_lip user trains with)."""
     from deel_lip.losses import MulticlassHKR
 
-    return MulticlassHKR(alpha=0.98, min_margin=0.1)
+    return MulticlassHKR(alpha=49.0, min_margin=0.1)
 
 
 #: name -> (builder, loss kind, jit_compile). "auto" is Keras's default, resolved to no XLA on

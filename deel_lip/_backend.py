@@ -17,6 +17,7 @@ __all__ = [
     "eager_scope",
     "eager_value",
     "executing_eagerly",
+    "in_xla_context",
     "is_dataset",
     "num_replicas_in_sync",
     "value_and_input_gradient",
@@ -27,6 +28,14 @@ __all__ = [
 def executing_eagerly() -> bool:
     """True outside of any traced function."""
     return tf.executing_eagerly()
+
+
+def in_xla_context() -> bool:
+    """True while tracing a function compiled by XLA (``jit_compile=True``)."""
+    from tensorflow.python.framework import ops as tf_ops
+    from tensorflow.python.ops import control_flow_util
+
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
 
 
 def eager_scope():

@@ -189,7 +189,12 @@ class MonitorCallback(keras.callbacks.Callback):
 
     def singular_values(self, layer_name: str) -> np.ndarray:
         """Singular values (descending) of the monitored kernel matrix of a layer."""
-        kernel = ops.convert_to_numpy(getattr(self._layers[layer_name], _TARGETS[self.target]))
+        layer = self._layers[layer_name]
+        if self.target == "wbar" and hasattr(layer, "current_constrained_kernel"):
+            kernel = layer.current_constrained_kernel()  # the cache may be one step old
+        else:
+            kernel = getattr(layer, _TARGETS[self.target])
+        kernel = ops.convert_to_numpy(kernel)
         matrix = np.asarray(kernel, dtype=np.float64).reshape(-1, kernel.shape[-1])
         return np.linalg.svd(matrix, compute_uv=False)
 

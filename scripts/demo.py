@@ -62,8 +62,8 @@ LEARNING_RATE = 2e-3
 #: 1-Lipschitz, so a margin ``m`` on an image certifies the radius ``m / sqrt(2)``: 1.0 aims
 #: at radius ~0.7.
 MARGIN = 1.0
-#: Weight of the hinge term of the loss, ``(1 - alpha) * KR + alpha * hinge``.
-ALPHA = 0.98
+#: Weight of the hinge term of the loss, ``-KR + alpha * hinge`` (deel-lip; 49 = convex 0.98).
+ALPHA = 49.0
 RADII = (0.1, 0.25, 0.5)
 EXPORT_TOLERANCE = 1e-6
 OUTPUT_DIR = Path("demo_output")

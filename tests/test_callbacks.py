@@ -283,7 +283,7 @@ def test_scheduler_plain_attribute(digits):
 @pytest.mark.parametrize(
     ("param", "fp", "match"),
     [
-        ("alpha", [0.5, 1.5], "alpha=1.5 is outside"),
+        ("alpha", [0.5, 1.5], "alpha must be in"),
         ("alpha", [-0.1, 0.5], "alpha must be in"),
         ("min_margin", [1.0, 0.0], "min_margin"),
     ],
@@ -293,7 +293,7 @@ def test_scheduler_checks_values_of_deel_lip_losses(digits, param, fp, match):
 
     x, _ = _flat(digits, 32)
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(2)])
-    model.compile("sgd", MulticlassHKR(alpha=0.9, min_margin=1.0))
+    model.compile("sgd", MulticlassHKR(alpha=0.9, min_margin=1.0, convex=True))
     y = keras.utils.to_categorical(np.arange(32) % 2, 2)
     scheduler = LossParamScheduler(param, fp=fp, xp=[0, 4])
     with pytest.raises(ValueError, match=match):

@@ -59,7 +59,7 @@ def multiclass(mnist, mnist_small):
         np.arange(len(labels)), np.concatenate([np.where(labels == c)[0][:100] for c in range(10)])
     )[:N_EVAL]
     model = _otnn(10)
-    model.compile(keras.optimizers.Adam(3e-3), MulticlassHKR(alpha=0.98, min_margin=1.0))
+    model.compile(keras.optimizers.Adam(3e-3), MulticlassHKR(alpha=49.0, min_margin=1.0))
     model.fit(x_train, keras.utils.to_categorical(y_train, 10), batch_size=32, epochs=5, verbose=0)
     return model, images[held_out], labels[held_out]
 
@@ -72,7 +72,7 @@ def binary(mnist):
     sel = np.where((labels == 3) | (labels == 5))[0]
     x, y = images[sel], (labels[sel] == 5).astype("float32")
     model = _otnn(1)
-    model.compile(keras.optimizers.Adam(3e-3), HKR(alpha=0.9, min_margin=1.0))
+    model.compile(keras.optimizers.Adam(3e-3), HKR(alpha=9.0, min_margin=1.0))
     model.fit(x[:800], y[:800, None], batch_size=32, epochs=5, verbose=0)
     return model, x[800 : 800 + N_EVAL], y[800 : 800 + N_EVAL]
 

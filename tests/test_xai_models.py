@@ -401,5 +401,5 @@ def test_missing_xplique_gives_the_install_command(monkeypatch):
         if name == "xplique" or name.startswith(("xplique.", "deel_lip.xai")):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "xplique", None)  # makes `import xplique` fail
-    with pytest.raises(ImportError, match=r'pip install "deel_lip\[xai\]"'):
+    with pytest.raises(ImportError, match=r'pip install "keras-lipschitz\[xai\]"'):
         importlib.import_module("deel_lip.xai")

@@ -14,6 +14,7 @@ import math
 import keras
 from keras import ops
 
+from deel_lip._backend import in_xla_context
 from deel_lip.layers.base import LipschitzLayer
 
 __all__ = ["GroupSort", "GroupSort2", "FullSort", "MaxMin", "Householder", "PReLUlip"]
@@ -86,16 +87,6 @@ def _static_shape(x) -> tuple:
     return tuple(ops.shape(x))
 
 
-def _in_xla_context() -> bool:
-    """True while tracing a function compiled by XLA (``jit_compile=True``)."""
-    if keras.backend.backend() != "tensorflow":
-        return True
-    from tensorflow.python.framework import ops as tf_ops
-    from tensorflow.python.ops import control_flow_util
-
-    return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
-
-
 def _sort_pairs(x):
     """Sort consecutive pairs of the last axis of ``x`` (even size) with one comparison.
 
@@ -113,7 +104,7 @@ def _sort_pairs(x):
 def _sort_pairs_op(x):
     shape = _static_shape(x)
     # XLA fuses the static (..., pairs, 2) layout best; TensorFlow's own kernels the 1-D one.
-    pairs_shape = (-1, shape[-1] // 2, 2) if _in_xla_context() else (-1, 2)
+    pairs_shape = (-1, shape[-1] // 2, 2) if in_xla_context() else (-1, 2)
     pairs = ops.reshape(x, pairs_shape)
     keep = pairs[..., 0] <= pairs[..., 1]
 

@@ -167,18 +167,17 @@ class SpectralDepthwiseConv2D(ConstrainedKernel, keras.layers.DepthwiseConv2D):
         return keras.layers.DepthwiseConv2D
 
     def vanilla_export(self) -> keras.layers.Layer:
-        """Plain `keras.layers.DepthwiseConv2D` with the cached constrained kernel."""
+        """Plain `keras.layers.DepthwiseConv2D` with the constrained kernel of the current
+        weights (the model is not changed)."""
         if not self.built:
             raise ValueError(f"Layer {self.name!r} must be built before vanilla_export().")
-        if not self._cache_ready:
-            self.condense()
         config = keras.layers.DepthwiseConv2D.get_config(self)
         config["name"] = self.name
         config.pop("depthwise_constraint", None)
         config.pop("depthwise_regularizer", None)
         layer = keras.layers.DepthwiseConv2D.from_config(config)
         layer.build(self._lip_input_shape)
-        weights = [ops.convert_to_numpy(self.constrained_kernel)]
+        weights = [ops.convert_to_numpy(self.current_constrained_kernel())]
         if self.use_bias:
             weights.append(ops.convert_to_numpy(self.bias))
         layer.set_weights(weights)

@@ -1,7 +1,7 @@
 """Explainability for deel_lip models with Xplique (needs the ``xai`` extra).
 
 Importing this package without Xplique raises an `ImportError` with the install command
-(``pip install "deel_lip[xai]"``); the rest of deel_lip never imports Xplique.
+(``pip install "keras-lipschitz[xai]"``); the rest of deel_lip never imports Xplique.
 
 * `logits_model`, `last_conv_layer`, `targets_from_labels`: Xplique-ready views of any
   Keras / deel_lip model (`deel_lip.xai.models`) and one-hot targets from labels
