@@ -3,7 +3,9 @@
 Submodules, all imported by ``import deel_lip``: `normalizers` (math), `layers`, `model`
 (`Sequential`, `Model`, `vanilla_export`), `losses`, `metrics`, `constraints`,
 `initializers`, `regularizers`, `callbacks`, `utils` (exact singular values),
-`robustness` (certificates and attacks), `datasets` (offline example data).
+`robustness` (certificates and attacks), `datasets` (offline example data), `migration`
+(loading deel-lip files, ``deel-lip>X`` registered names), and deel-lip's module names
+`activations` and `compute_layer_sv`.
 
 Importing them registers every serialisable class with Keras, so a ``.keras`` file saved
 with deel_lip layers, losses, metrics, constraints or callbacks loads in a fresh process
@@ -17,13 +19,16 @@ is ``deel_lip``.
 import importlib
 
 from deel_lip import (
+    activations,
     callbacks,
+    compute_layer_sv,
     constraints,
     datasets,
     initializers,
     layers,
     losses,
     metrics,
+    migration,
     model,
     normalizers,
     regularizers,
@@ -41,13 +46,16 @@ _LAZY_SUBMODULES = ("xai",)
 __all__ = [
     "DISTRIBUTION",
     "__version__",
+    "activations",
     "callbacks",
+    "compute_layer_sv",
     "constraints",
     "datasets",
     "initializers",
     "layers",
     "losses",
     "metrics",
+    "migration",
     "model",
     "normalizers",
     "regularizers",

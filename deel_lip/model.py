@@ -137,11 +137,10 @@ def _export_layer(layer):
 def vanilla_export(model: keras.Model) -> keras.Model:
     """Plain Keras copy of ``model`` with every constraint folded into its kernel.
 
-    Each constrained layer exports the cached constrained kernel that inference uses, so
-    the export equals ``model(x)`` (``training=False``) exactly, and ``model`` is not
-    changed. After `fit` the cache holds the kernels of the last training step; call
-    `condense(model)` first to project and refresh them from the current weights. The
-    export shares no variable with the original and is not compiled.
+    Each constrained layer exports the constrained kernel of its current weights (the
+    kernel inference uses: the cache, recomputed if a training step left it stale), so the
+    export equals ``model(x)`` (``training=False``) exactly, after `fit` too, and ``model``
+    is not changed. The export shares no variable with the original and is not compiled.
 
     Args:
         model: a built `keras.Sequential` or functional `keras.Model` (deel_lip's or

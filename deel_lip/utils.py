@@ -24,10 +24,14 @@ from keras import ops
 
 from deel_lip import _backend
 from deel_lip.layers.base import ConstrainedKernel
+from deel_lip.losses import process_labels_for_multi_gpu  # deel-lip kept it in utils
 
 __all__ = [
     "MAX_DENSE_DIM",
     "evaluate_lip_const",
+    "evaluate_lip_const_gen",
+    "l2_normalize",
+    "process_labels_for_multi_gpu",
     "layer_operator_matrix",
     "compute_layer_sv",
     "compute_model_sv",
@@ -63,11 +67,8 @@ def _has_linear_part(layer) -> bool:
 def _inference_kernel(layer):
     """The kernel the layer uses at ``training=False``, read without modifying the layer."""
     if isinstance(layer, ConstrainedKernel):
-        if layer._cache_ready:
-            return layer.constrained_kernel
-        # Built inside a traced function and never called: the inference call would
-        # compute the constrained kernel; do the same computation without storing it.
-        return layer.compute_constrained_kernel()[0]
+        # The cache when current, else what the next inference call would compute.
+        return layer.current_constrained_kernel()
     return layer.kernel
 
 
@@ -386,13 +387,14 @@ def evaluate_lip_const(model, x, eps: float | None = None, seed: int | None = No
         x: samples ``(batch, ...)``.
         eps: if given (> 0), the Jacobian is also evaluated at ``x_i + eps * d_i`` with
             ``d_i`` a random unit direction per sample, to explore the neighbourhood.
-        seed: seed of the random directions (only with ``eps``).
+        seed: seed of the random directions (ignored without ``eps``, as deel-lip's
+            Jacobian estimator ignores it).
 
     Returns:
         The estimate, a float.
 
     Raises:
-        ValueError: if ``eps <= 0``, or ``seed`` is given without ``eps``.
+        ValueError: if ``eps <= 0``.
     """
     points = np.asarray(x)
     if eps is not None:
@@ -403,8 +405,6 @@ def evaluate_lip_const(model, x, eps: float | None = None, seed: int | None = No
         norms = np.linalg.norm(directions.reshape(len(points), -1), axis=1)
         directions /= norms.reshape((-1,) + (1,) * (points.ndim - 1))
         points = np.concatenate([points, points + eps * directions.astype(points.dtype)])
-    elif seed is not None:
-        raise ValueError(f"seed is only used with eps; received seed={seed!r} and eps=None")
 
     def fn(inputs):
         if isinstance(model, keras.layers.Layer):
@@ -418,3 +418,15 @@ def evaluate_lip_const(model, x, eps: float | None = None, seed: int | None = No
         norms = np.linalg.norm(jac, ord=2, axis=(1, 2))
         best = max(best, float(norms.max()))
     return best
+
+
+def evaluate_lip_const_gen(model, generator, eps: float | None = None, seed: int | None = None):
+    """`evaluate_lip_const` on the inputs of the first ``(x, y)`` batch of ``generator``."""
+    x, _ = next(iter(generator))
+    return evaluate_lip_const(model, x, eps=eps, seed=seed)
+
+
+def l2_normalize(x, axis=None, epsilon: float = 1e-12):
+    """``x / sqrt(max(sum(x^2, axis), epsilon))`` (deel-lip's helper)."""
+    x = ops.convert_to_tensor(x)
+    return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=True), epsilon))

@@ -28,9 +28,6 @@ DEEL_LIP_DEFAULTS = {
 
 _SPECTRAL = dict(DEEL_LIP_DEFAULTS)
 
-UTILS = "pending deel_lip/utils.py: deel-lip names and evaluate_lip_const(x, seed=)"
-INTEGRATION = "pending integration: export SpectralDepthwiseConv2D from deel_lip.layers"
-
 
 @dataclass(frozen=True)
 class Api:
@@ -136,7 +133,6 @@ API: list[Api] = [
             maxiter_spectral=10,
         ),
         input_shape=(6, 6, 2),
-        pending=INTEGRATION,
     ),
     Api(
         L,
@@ -389,10 +385,10 @@ API: list[Api] = [
     Api("deel_lip.normalizers", "spectral_normalization", "function"),
     Api("deel_lip.normalizers", "spectral_normalization_conv", "function"),
     # ------------------------------------------------------------------ utils
-    Api("deel_lip.utils", "evaluate_lip_const", "function", pending=UTILS),
-    Api("deel_lip.utils", "evaluate_lip_const_gen", "function", pending=UTILS),
-    Api("deel_lip.utils", "process_labels_for_multi_gpu", "function", pending=UTILS),
-    Api("deel_lip.utils", "l2_normalize", "function", pending=UTILS),
+    Api("deel_lip.utils", "evaluate_lip_const", "function"),
+    Api("deel_lip.utils", "evaluate_lip_const_gen", "function"),
+    Api("deel_lip.utils", "process_labels_for_multi_gpu", "function"),
+    Api("deel_lip.utils", "l2_normalize", "function"),
     # ------------------------------------------------------------------ compute_layer_sv
     Api("deel_lip.compute_layer_sv", "compute_layer_sv", "function"),
     Api("deel_lip.compute_layer_sv", "compute_model_sv", "function"),

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
+
 _SCRIPT = textwrap.dedent(
     """
     import os, json
@@ -232,3 +234,70 @@ def test_two_mirrored_strategies_in_one_process():
     # TensorFlow 2.20 then aborts the collective (shapes differ); a fixed TF would run
     assert report["second"] == "ran" or "collective" in report["second"].lower(), report
     print(report)
+
+
+_CENTERING_SCRIPT = textwrap.dedent(
+    """
+    import os, json
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+    import numpy as np
+    from deel_lip.datasets import load_digits
+    from deel_lip.layers import BatchCentering
+
+    images, labels = load_digits()
+    order = np.argsort(labels[:200], kind="stable")[::3][:64]  # replicas see other classes
+    x = images[:200][order].reshape(64, -1).astype("float32")
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+
+    def moving_means(strategy):
+        with strategy.scope():
+            layer = BatchCentering(momentum=0.5)
+            layer.build((None, 64))
+        data = strategy.experimental_distribute_dataset(
+            tf.data.Dataset.from_tensor_slices(x).batch(64)
+        )
+
+        @tf.function
+        def step(xb):
+            strategy.run(lambda b: layer(b, training=True), args=(xb,))
+
+        for _ in range(2):
+            for xb in data:
+                step(xb)
+        variable = layer.moving_mean
+        inner = getattr(variable, "_value", variable)  # the tf.distribute variable
+        copies = getattr(inner, "values", (inner,))
+        return [np.asarray(c.numpy()).tolist() for c in copies]
+
+    print(json.dumps({
+        "mirrored": moving_means(tf.distribute.MirroredStrategy(devices)),
+        "single": moving_means(tf.distribute.OneDeviceStrategy(devices[0])),
+    }))
+    """
+)
+
+
+def test_batch_centering_moving_mean_is_one_mean_across_replicas():
+    """Replicas average their moving-mean updates: one copy, equal to one device."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    run = subprocess.run(
+        [sys.executable, "-c", _CENTERING_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    mirrored = [np.asarray(c) for c in result["mirrored"]]
+    single = np.asarray(result["single"][0])
+    assert len(mirrored) == 2
+    assert np.abs(single).max() > 0.05  # the moving mean moved
+    np.testing.assert_allclose(mirrored[0], mirrored[1], atol=1e-7)
+    np.testing.assert_allclose(mirrored[0], single, atol=1e-6)

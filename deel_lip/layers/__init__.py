@@ -1,5 +1,6 @@
 """Lipschitz layers for Keras 3 (deel-lip names and arguments)."""
 
+from deel_lip.layers import unconstrained  # noqa: F401  (deel-lip's module name)
 from deel_lip.layers.activations import (
     FullSort,
     GroupSort,
@@ -17,6 +18,7 @@ from deel_lip.layers.convolutional import (
     SpectralConv2DTranspose,
 )
 from deel_lip.layers.dense import FrobeniusDense, SpectralDense
+from deel_lip.layers.depthwise import SpectralDepthwiseConv2D
 from deel_lip.layers.pooling import (
     ScaledAveragePooling2D,
     ScaledGlobalAveragePooling2D,
@@ -37,6 +39,7 @@ __all__ = [
     "FrobeniusConv2D",
     "SpectralConv1D",
     "SpectralConv2DTranspose",
+    "SpectralDepthwiseConv2D",
     "GroupSort",
     "GroupSort2",
     "FullSort",

@@ -137,6 +137,10 @@ class BatchCentering(keras.layers.Layer):
     1-Lipschitz. No division by a standard deviation: that is what makes batch
     normalisation non-Lipschitz.
 
+    Under a ``tf.distribute`` strategy each replica centres with the mean of its own share
+    of the batch (as Keras's ``BatchNormalization(synchronized=False)``); the moving mean
+    is averaged over the replicas, equal to one-device training for equal shares.
+
     Args:
         momentum: momentum of the moving mean, in ``[0, 1)``.
         use_bias: add a learned per-channel bias ``beta`` (initialised at 0).
@@ -178,6 +182,7 @@ class BatchCentering(keras.layers.Layer):
             initializer="zeros",
             trainable=False,
             autocast=False,
+            aggregation="mean",  # replicas average their updates: one moving mean
         )
         self.bias = None
         if self.use_bias:

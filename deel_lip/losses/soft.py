@@ -3,7 +3,8 @@ r"""Multiclass hKR losses that focus on the most competitive wrong classes.
 `MulticlassHKR` gives every wrong class the same weight. These two losses weight the
 wrong classes by how close they are to winning: a softmax over the wrong logits
 (`MulticlassSoftHKR`) or a log-sum-exp, a smooth maximum (`LseHKR`). Both act per
-sample (no batch-level class means), so they are additive over the batch.
+sample (no batch-level class means); `MulticlassSoftHKR`'s running mean of ``|f|`` is
+taken over the global batch.
 
 Notation: ``f`` predictions ``(batch, C)``, ``y`` the true class (one-hot labels),
 ``m`` = ``min_margin``. Invalid labels raise eagerly and give NaN values inside a traced
