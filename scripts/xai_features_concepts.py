@@ -385,7 +385,7 @@ def write_markdown(report: dict) -> None:
         "added by decreasing Sobol importance, `k/r` from 0 to 1 (deletion: lower is "
         "better; insertion: higher is better); *random*: the same with random orders; "
         "*full* / *empty*: the logit with every concept / none. In logits, so compare "
-        "within a row (the OTNN's logits are smaller). *Sobol < random* counts the seeds "
+        "within a row (the OTNN's logits are smaller). *Sobol beats random* counts the seeds "
         "where the Sobol order beats the random one (deletion, insertion). Mean ± standard "
         "error over seeds.",
         "",
