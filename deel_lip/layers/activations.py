@@ -14,12 +14,15 @@ import math
 import keras
 from keras import ops
 
-from deel_lip._backend import in_xla_context
+from deel_lip.layers._sort_kernels import sort_groups, sort_pairs, static_shape
 from deel_lip.layers.base import LipschitzLayer
 
 __all__ = ["GroupSort", "GroupSort2", "FullSort", "MaxMin", "Householder", "PReLUlip"]
 
 DATA_FORMATS = ("channels_last", "channels_first")
+# Largest group sorted by a sorting network (191 comparators); larger groups use the
+# backend's sort (a network's graph grows as n log(n)^2).
+MAX_NETWORK_GROUP = 32
 
 
 def _check_data_format(data_format) -> str:
@@ -79,49 +82,6 @@ def _as_float(x, dtype):
     return ops.cast(x, dtype)
 
 
-def _static_shape(x) -> tuple:
-    """Shape of ``x`` with static sizes where known and -1 for an unknown batch size."""
-    static = tuple(x.shape)
-    if all(d is not None for d in static[1:]):
-        return (-1,) + static[1:]
-    return tuple(ops.shape(x))
-
-
-def _sort_pairs(x):
-    """Sort consecutive pairs of the last axis of ``x`` (even size) with one comparison.
-
-    The pairs are taken from the flattened tensor: every elementwise op then runs on a
-    1-D tensor, which TensorFlow's CPU kernels handle 10x faster than the same op on a
-    5-D one. Where ``keep = first <= second`` the pair is kept, otherwise swapped; the
-    custom gradient routes each output's gradient back through that one mask, so the
-    Jacobian is a permutation (at ties too; ``minimum``/``maximum`` would send both
-    outputs' gradients to the same input) and no intermediate of the forward pass is kept.
-    """
-    return _sort_pairs_op(x)
-
-
-@ops.custom_gradient
-def _sort_pairs_op(x):
-    shape = _static_shape(x)
-    # XLA fuses the static (..., pairs, 2) layout best; TensorFlow's own kernels the 1-D one.
-    pairs_shape = (-1, shape[-1] // 2, 2) if in_xla_context() else (-1, 2)
-    pairs = ops.reshape(x, pairs_shape)
-    keep = pairs[..., 0] <= pairs[..., 1]
-
-    def route(values):
-        first, second = values[..., 0], values[..., 1]
-        low = ops.where(keep, first, second)
-        high = ops.where(keep, second, first)
-        return ops.reshape(ops.stack([low, high], axis=-1), shape)
-
-    def grad(*args, upstream=None):
-        if upstream is None:
-            (upstream,) = args
-        return route(ops.reshape(upstream, pairs_shape))
-
-    return route(pairs), grad
-
-
 @keras.saving.register_keras_serializable("deel_lip")
 class GroupSort(_ChannelActivation):
     """Sort each group of ``n`` consecutive channels in increasing order.
@@ -130,6 +90,8 @@ class GroupSort(_ChannelActivation):
     channel axis. On each linear piece the map is a permutation, so the layer is
     ``k_coef_lip``-Lipschitz and gradient-norm preserving. ``n=2`` uses a single
     comparison per pair (the fast path of `GroupSort2`); ``n=None`` sorts all channels.
+    Groups of 3 to 32 go through a sorting network (`sorting_network`) whose gradient
+    is the sorting permutation; larger ones through the backend's sort.
 
     Args:
         n: group size, an integer >= 1 dividing the number of channels, or None to sort
@@ -174,8 +136,10 @@ class GroupSort(_ChannelActivation):
             return self._scale(inputs)
         x = self._to_channels_last(inputs)
         if self._group == 2:
-            return self._scale(self._from_channels_last(_sort_pairs(x)))
-        shape = _static_shape(x)
+            return self._scale(self._from_channels_last(sort_pairs(x)))
+        if self._group <= MAX_NETWORK_GROUP:
+            return self._scale(self._from_channels_last(sort_groups(x, self._group)))
+        shape = static_shape(x)
         # Keep the leading axes, static where known: flattening to (-1, n) or a dynamic
         # target shape makes XLA's fused CPU kernel several times slower.
         groups = ops.reshape(x, tuple(shape[:-1]) + (shape[-1] // self._group, self._group))
