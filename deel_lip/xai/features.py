@@ -235,10 +235,11 @@ def _reference_dataset(reference_images, channels: int):
 _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _random_crops(image, box, nb_crops: int, size):
+def _random_crops(image, box, nb_crops: int, size, seeds):
     """``nb_crops`` square crops of ``image``, centres ~ N(0.5, 0.15), sides ~ N(box, 0.05)."""
-    centers = 0.5 + tf.random.normal((nb_crops, 2), stddev=0.15)
-    side = tf.clip_by_value(tf.random.normal((nb_crops, 1), mean=box, stddev=0.05), 0.05, 1.0)
+    centers = 0.5 + tf.random.stateless_normal((nb_crops, 2), seeds[0], stddev=0.15)
+    side = tf.random.stateless_normal((nb_crops, 1), seeds[1], mean=box, stddev=0.05)
+    side = tf.clip_by_value(side, 0.05, 1.0)
     boxes = tf.concat([centers - side / 2, centers + side / 2], axis=-1)  # (y1, x1, y2, x2)
     indices = tf.zeros((nb_crops,), dtype=tf.int32)
     return tf.image.crop_and_resize(image[None], boxes, indices, size)
@@ -251,13 +252,17 @@ def _maco_step(view, nb_crops: int, values_range):
     size = tuple(int(d) for d in view.inputs[0].shape[1:3])
 
     @tf.function(autograph=False)  # no Python control flow to convert
-    def step(magnitude, phase, mask, box, noise):
+    def step(magnitude, phase, mask, box, noise, seed):
+        # stateless draws from a per-step seed: a traced step reused by later calls
+        # repeats exactly under the same seed (stateful ops would continue their stream)
+        seeds = tf.random.experimental.stateless_split(seed, num=4)
         with tf.GradientTape() as tape:
             tape.watch(phase)
             image = maco_image_parametrization(magnitude, phase, values_range)
-            crops = _random_crops(image, box, nb_crops, size)
-            crops += tf.random.normal(tf.shape(crops), stddev=noise)
-            crops += tf.random.uniform(tf.shape(crops), -noise / 2, noise / 2)
+            crops = _random_crops(image, box, nb_crops, size, seeds)
+            shape = tf.shape(crops)
+            crops += tf.random.stateless_normal(shape, seeds[2], stddev=noise)
+            crops += tf.random.stateless_uniform(shape, seeds[3], -noise / 2, noise / 2)
             outputs = view(crops, training=False)
             axes = list(range(1, len(mask.shape)))
             loss = tf.reduce_mean(tf.reduce_sum(outputs * mask, axis=axes))
@@ -301,10 +306,16 @@ def _maco(
     history = []
     mask = tf.constant(mask)
     noise_t = tf.constant(noise, tf.float32)
+    step_seeds = np.random.randint(0, 2**31 - 1, size=(nb_steps, 2))  # numpy's (seeded) stream
     for step in range(nb_steps):
         box = box_size(step) if callable(box_size) else box_size
         grads, grads_image, loss = step_fn(
-            magnitude, phase, mask, tf.constant(box, tf.float32), noise_t
+            magnitude,
+            phase,
+            mask,
+            tf.constant(box, tf.float32),
+            noise_t,
+            tf.constant(step_seeds[step], tf.int64),
         )
         optimizer.apply_gradients([(-grads, phase)])
         transparency += np.abs(grads_image.numpy())
