@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Seeds of `make order-check`: the xai tests in three shuffled orders (pytest-randomly).
 ORDER_SEEDS ?= 1 2 3
 
-.PHONY: install test lint docs notebooks order-check demo bench bench-save results xai-results clean
+.PHONY: install test lint docs notebooks order-check demo bench bench-save results xai-results features-results clean
 
 install: $(STAMP)
 
@@ -54,6 +54,9 @@ results: install
 
 xai-results: install
 	$(BIN)/python scripts/xai_claim.py
+
+features-results: install  # MACO and CRAFT tables (docs/results/xai_features*, xai_concepts*)
+	$(BIN)/python scripts/xai_features_concepts.py
 
 clean:
 	rm -rf $(VENV) site build *.egg-info demo_output

@@ -118,8 +118,12 @@ class _MetricRunner:
         if name in RANDOMIZATION_METRICS:
             kwargs.setdefault("seed", self.seed)
         if name == "ModelRandomizationMetric" and "randomization_strategy" not in kwargs:
-            layers = max(1, int(0.25 * _weighted_layers(self.view)))
-            kwargs["randomization_strategy"] = self.metrics.ProgressiveLayerRandomization(layers)
+            # Constrained layers are randomised through their raw kernels (bounds kept).
+            from deel_lip.xai.randomization import randomization_strategy
+
+            kwargs["randomization_strategy"] = randomization_strategy(
+                self.view, 0.25, seed=self.seed
+            )
         return cls(self.view, self.inputs, self.targets, **kwargs)
 
     def metric(self, name: str):
