@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from deel_lip.layers import FullSort, GroupSort, ScaledAveragePooling2D, ScaledL2NormPooling2D
 from deel_lip.layers._sort_kernels import sorting_network
+from deel_lip.layers.activations import MAX_NETWORK_GROUP
 
 
 @pytest.mark.parametrize("n", range(1, 13))
@@ -183,3 +184,16 @@ def test_poolings_equal_window_sum_reference(pool, strides, shape, data_format, 
                 grad_ours if data_format == "channels_last" else np.moveaxis(grad_ours, 1, -1)
             )
             np.testing.assert_array_equal(grad_last[zero], 0.0)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_groups_above_network_limit_use_backend_sort(jit_compile):
+    n = MAX_NETWORK_GROUP * 2
+    rng = np.random.default_rng(11)
+    x = tf.constant(rng.normal(size=(3, 4, n)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=(3, 4, n)).astype("float32"))
+    ours, ref, grad_ours, grad_ref = _values_and_gradients(
+        FullSort(), lambda t: _sort_reference(t, n), x, upstream, jit_compile
+    )
+    np.testing.assert_array_equal(ours, np.sort(np.asarray(x), axis=-1))
+    np.testing.assert_array_equal(grad_ours, grad_ref)
