@@ -139,7 +139,7 @@ def fit_until(model, data, stop, max_epochs: int) -> tuple[float, int]:
 def train_models(seed: int, data):
     keras.utils.set_random_seed(seed)
     otnn = lipschitz_cnn("otnn")
-    otnn.compile(keras.optimizers.Adam(2e-3), MulticlassHKR(alpha=0.98, min_margin=1.0))
+    otnn.compile(keras.optimizers.Adam(2e-3), MulticlassHKR(alpha=49.0, min_margin=1.0))
     otnn_val, otnn_epochs = fit_until(otnn, data, lambda v, b, k: k >= PATIENCE, MAX_EPOCHS)
     cnn = build_cnn()
     cnn.compile(keras.optimizers.Adam(1e-3), keras.losses.CategoricalCrossentropy(from_logits=True))
