@@ -13,6 +13,8 @@ import importlib
 __all__ = [
     "INSTALL_HINT",
     "ATTRIBUTION_METHODS",
+    "BOUNDARY_METHODS",
+    "XPLIQUE_METHODS",
     "METRICS",
     "require_xplique",
     "require_matplotlib",
@@ -23,7 +25,7 @@ __all__ = [
 INSTALL_HINT = 'pip install "keras-lipschitz[xai]"'
 
 #: Xplique attribution methods supported by `deel_lip.xai.explainer`.
-ATTRIBUTION_METHODS = (
+XPLIQUE_METHODS = (
     "Saliency",
     "GradientInput",
     "IntegratedGradients",
@@ -34,6 +36,7 @@ ATTRIBUTION_METHODS = (
     "DeconvNet",
     "GradCAM",
     "GradCAMPP",
+    "FEM",
     "Occlusion",
     "Rise",
     "Lime",
@@ -41,6 +44,10 @@ ATTRIBUTION_METHODS = (
     "SobolAttributionMethod",
     "HsicAttributionMethod",
 )
+#: deel_lip's own attribution methods (`deel_lip.xai.boundary`), Xplique explainers too.
+BOUNDARY_METHODS = ("BIG", "BSM")
+#: Every attribution method `deel_lip.xai.explainer` and `evaluate_attributions` accept.
+ATTRIBUTION_METHODS = XPLIQUE_METHODS + BOUNDARY_METHODS
 
 #: Metrics grouped by how they are called: on (inputs, targets) and explanations; on the
 #: explanations alone; on an attribution method (randomisation checks).
@@ -120,7 +127,8 @@ def _named_class(name_or_class, names: tuple[str, ...], module: str, argument: s
 
 
 def attribution_class(method) -> type:
-    """The Xplique attribution class for a name of `ATTRIBUTION_METHODS` (any case).
+    """The attribution class for a name of `ATTRIBUTION_METHODS` (any case): Xplique's, or
+    deel_lip's boundary attributions ``"BIG"`` / ``"BSM"``.
 
     Args:
         method: a name such as ``"Saliency"`` or ``"smoothgrad"``, or an Xplique attribution
@@ -131,6 +139,14 @@ def attribution_class(method) -> type:
         TypeError: if ``method`` is neither a str nor a supported Xplique class.
     """
     require_xplique()
+    from deel_lip.xai import boundary  # deel_lip's own methods, built on Xplique's base
+
+    if isinstance(method, str) and method.upper() in BOUNDARY_METHODS:
+        return getattr(boundary, method.upper())
+    if isinstance(method, type):
+        if issubclass(method, boundary.BoundaryAttributions):
+            return method
+        return _named_class(method, XPLIQUE_METHODS, "attributions", "method")
     return _named_class(method, ATTRIBUTION_METHODS, "attributions", "method")
 
 
