@@ -105,9 +105,10 @@ def _markdown(report: dict) -> str:
             f"{acc['plain_avg']:.3f} | {acc['unconstrained']:.3f} | {cert} | "
             f"{row['export_max_abs_diff']:.1e} |"
         )
+    kernel_shape = "x".join(map(str, report.get("kernel_shape", (128, 28, 28, 16))))
     lines += [
         "",
-        "Forward + backward of one layer on a 128x28x28x16 tensor, median milliseconds, "
+        f"Forward + backward of one layer on a {kernel_shape} tensor, median milliseconds, "
         "and ratio to Keras's ReLU (activations) or average pooling (poolings):",
         "",
         "| layer | default ms | ratio | xla ms | ratio |",
@@ -191,6 +192,7 @@ def main(argv=None) -> dict:
         )
         report["training"].append(row)
     print("[bench] activation / pooling kernels ...", flush=True)
+    report["kernel_shape"] = list(kernel_shape)
     report["kernels"] = run_kernel_benchmark(kernel_shape, repeats=repeats)
     print("[bench] normalisation micro-benchmark ...", flush=True)
     report["normalization"] = run_normalization_benchmark(shapes, repeats=repeats)
