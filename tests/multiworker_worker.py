@@ -179,8 +179,9 @@ def main(out: str) -> None:
         step_losses, model, loss = train(make_loss, x, y)
         result[f"{name}_loss"] = step_losses
         for i, (start, weight) in enumerate(zip(initial, model.get_weights())):
-            result[f"{name}_init{i}"] = start
-            result[f"{name}_weight{i}"] = weight
+            # float64 for every variable, the boolean cache flag included (0 / 1)
+            result[f"{name}_init{i}"] = np.asarray(start, dtype=np.float64)
+            result[f"{name}_weight{i}"] = np.asarray(weight, dtype=np.float64)
         if hasattr(loss, "current_mean"):
             result[f"{name}_mean"] = np.float64(keras.ops.convert_to_numpy(loss.current_mean))
     if distributed:

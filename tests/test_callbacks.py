@@ -171,7 +171,7 @@ def test_monitor_callback_wbar_histogram(digits, tmp_path):
     buckets = histograms[-1][1]  # (bucket, 3) = left edge, right edge, count
     assert buckets.shape[-1] == 3
     assert buckets[:, 2].sum() == 32  # all 32 singular values of the (64, 32) kernel
-    sv = _sv(model.get_layer("outer_dense").constrained_kernel)
+    sv = _sv(model.get_layer("outer_dense").current_constrained_kernel())
     assert buckets[:, 0].min() <= sv.min() and buckets[:, 1].max() >= sv.max()
     sigma = history.history["outer_dense_wbar_sigma_max"]
     assert len(sigma) == 2 and max(sigma) <= 1 + 1e-4

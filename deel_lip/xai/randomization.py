@@ -113,8 +113,11 @@ class LipschitzLayerRandomization(_BaseStrategy):
                         constraint(keras.ops.convert_to_tensor(value))
                     )
                 variable.assign(value)
-            if isinstance(layer, ConstrainedKernel):
-                layer.condense()  # W_bar = Pi(W) and the cache from the new raw kernel
+            # W_bar = Pi(W) and the cache from the new raw kernel, also for a constrained
+            # layer wrapped by another one (e.g. the head of a logits view)
+            for inner in layer._flatten_layers(include_self=True, recursive=True):
+                if isinstance(inner, ConstrainedKernel):
+                    inner.condense()
         return model
 
 
