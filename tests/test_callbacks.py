@@ -172,7 +172,8 @@ def test_monitor_callback_wbar_histogram(digits, tmp_path):
     assert buckets.shape[-1] == 3
     assert buckets[:, 2].sum() == 32  # all 32 singular values of the (64, 32) kernel
     sv = _sv(model.get_layer("outer_dense").current_constrained_kernel())
-    assert buckets[:, 0].min() <= sv.min() and buckets[:, 1].max() >= sv.max()
+    # histogram edges computed in float32 (XLA by default): 1e-6 slack
+    assert buckets[:, 0].min() <= sv.min() + 1e-6 and buckets[:, 1].max() >= sv.max() - 1e-6
     sigma = history.history["outer_dense_wbar_sigma_max"]
     assert len(sigma) == 2 and max(sigma) <= 1 + 1e-4
     np.testing.assert_allclose(sigma[-1], sv[0], rtol=1e-6)
