@@ -382,3 +382,14 @@ def test_householder_casts_integer_inputs_like_keras_layers():
     out = layer(ints)
     assert keras.backend.standardize_dtype(out.dtype) == "float32"
     np.testing.assert_array_equal(np.asarray(out), np.asarray(layer(ints.astype("float32"))))
+
+
+def test_deel_lip_saved_group_size_is_accepted_and_checked():
+    from deel_lip.layers import FullSort, GroupSort2
+
+    assert GroupSort2.from_config({"n": 2, "name": "gs"}).n == 2
+    assert FullSort.from_config({"n": None, "name": "fs"}).n is None
+    with pytest.raises(ValueError, match="n must be 2"):
+        GroupSort2(n=4)
+    with pytest.raises(ValueError, match="n must be None"):
+        FullSort(n=4)

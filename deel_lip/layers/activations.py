@@ -168,7 +168,10 @@ class GroupSort2(GroupSort):
         Same as the input.
     """
 
-    def __init__(self, data_format="channels_last", k_coef_lip=1.0, **kwargs):
+    def __init__(self, data_format="channels_last", k_coef_lip=1.0, n=None, **kwargs):
+        # ``n`` is accepted for configs saved by deel-lip, which stored it.
+        if n not in (None, 2):
+            raise ValueError(f"GroupSort2 sorts pairs: n must be 2 (or None), received: {n!r}")
         super().__init__(n=2, data_format=data_format, k_coef_lip=k_coef_lip, **kwargs)
 
     def get_config(self):
@@ -191,7 +194,10 @@ class FullSort(GroupSort):
         Same as the input.
     """
 
-    def __init__(self, data_format="channels_last", k_coef_lip=1.0, **kwargs):
+    def __init__(self, data_format="channels_last", k_coef_lip=1.0, n=None, **kwargs):
+        # ``n`` is accepted for configs saved by deel-lip, which stored it as None.
+        if n is not None:
+            raise ValueError(f"FullSort sorts all channels: n must be None, received: {n!r}")
         super().__init__(n=None, data_format=data_format, k_coef_lip=k_coef_lip, **kwargs)
 
     def get_config(self):
