@@ -294,6 +294,10 @@ def _maco(
     channels = int(view.inputs[0].shape[-1])
     dataset = _reference_dataset(reference_images, channels)
     magnitude, phase = init_maco_buffer(canvas, dataset=dataset)
+    # Xplique draws the initial phase (std 1) from TensorFlow's stateful stream, which
+    # other code moves; redraw it statelessly from numpy's (seeded) stream instead.
+    phase_seed = tf.constant(np.random.randint(0, 2**31 - 1, size=2), tf.int64)
+    phase = tf.random.stateless_normal(tf.shape(phase), phase_seed, stddev=1.0)
     phase = tf.Variable(phase, trainable=True)
     key = (canvas, nb_crops, values_range)
     steps = _STEPS.setdefault(view, {})
@@ -377,7 +381,9 @@ def feature_visualization(
         learning_rate: Nadam's on the phase for MACO (default 1.0), Adam's on the Fourier
             buffer otherwise (default 0.05).
         values_range: range of the model's input pixels.
-        seed: seed of the random phase and crops (None: the global random state).
+        seed: seed of the random phase and crops (None: the global random state). Runs
+            repeat bit for bit under `tf.config.experimental.enable_op_determinism()`;
+            otherwise TensorFlow's CPU gradient kernels vary at float rounding.
         verbose: 1 shows a progress bar with the objective (MACO).
 
     Returns:
