@@ -13,7 +13,8 @@ import textwrap
 
 import numpy as np
 
-_SCRIPT = textwrap.dedent(
+#: Two logical CPU devices, set before TensorFlow initialises (shared by the scripts).
+_TWO_CPUS = textwrap.dedent(
     """
     import os, json
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
@@ -22,6 +23,11 @@ _SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2
     )
+    """
+)
+
+_SCRIPT = _TWO_CPUS + textwrap.dedent(
+    """
     import keras, numpy as np
     from deel_lip import losses as L
     from deel_lip.datasets import load_digits
@@ -236,15 +242,8 @@ def test_two_mirrored_strategies_in_one_process():
     print(report)
 
 
-_CENTERING_SCRIPT = textwrap.dedent(
+_CENTERING_SCRIPT = _TWO_CPUS + textwrap.dedent(
     """
-    import os, json
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2
-    )
     import numpy as np
     from deel_lip.datasets import load_digits
     from deel_lip.layers import BatchCentering
