@@ -24,6 +24,7 @@ __all__ = [
     "conv_coverage_1d",
     "conv_lipschitz_factor",
     "conv_transpose_lipschitz_factor",
+    "padding_operator_norm",
     "spectral_normalization_conv",
 ]
 
@@ -130,6 +131,29 @@ def conv_transpose_lipschitz_factor(kernel_size: Sequence[int], strides: Sequenc
     for k, s in zip(kernel_size, strides):
         factor *= math.ceil(int(k) / int(s))
     return math.sqrt(factor)
+
+
+def padding_operator_norm(kernel_size: Sequence[int], padding: str) -> float:
+    """Norm of the padding map ``x -> pad(x)`` of the explicit modes, sup over input sizes.
+
+    ``E^T E`` is diagonal with the number of copies of each input index in the padded
+    signal, so ``||E|| = prod_d sqrt(max copies along axis d)``: 1 for zero and circular
+    padding (a circular pad is followed by a circular convolution, bounded on its own),
+    e.g. 3 for a 3x3 "reflect" (an input of 3 pixels: ``x1 x0 x1 x2 x1``). Inputs too small
+    for the padding are refused by the layers (`check_padding_fits`).
+    """
+    mode = _padding_source(padding)
+    if mode not in ("reflect", "symmetric"):
+        return 1.0
+    norm = 1.0
+    for k in kernel_size:
+        pads = _pads_1d(4 * int(k), int(k), 1, padding)
+        n_min = max(pads) + 1 if mode == "reflect" else max(max(pads), 1)
+        copies = max(
+            conv_coverage_1d(n, 1, 1, *pads, mode) for n in range(n_min, n_min + 4 * sum(pads) + 8)
+        )
+        norm *= math.sqrt(copies)
+    return norm
 
 
 # ------------------------------------------------------- deel-lip's conv normaliser

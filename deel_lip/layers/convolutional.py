@@ -14,6 +14,7 @@ import warnings
 import keras
 from keras import ops
 
+from deel_lip.layers._conv_bound import ConvBound, conv_frequency_bound_with_padding
 from deel_lip.layers.normalized import FrobeniusKernel, SpectralKernel
 from deel_lip.normalizers import (
     DEFAULT_BETA_BJORCK,
@@ -24,6 +25,7 @@ from deel_lip.normalizers import (
     conv_lipschitz_factor,
     conv_transpose_lipschitz_factor,
 )
+from deel_lip.normalizers_freq import conv_frequency_bound
 
 __all__ = [
     "PadConv2D",
@@ -214,8 +216,8 @@ def _stride_sized_kernel(inputs, kernel, strides, data_format):
     return ops.pad(inputs, input_pad), kernel
 
 
-class _ConvKernel:
-    """What a constrained convolution declares: its linear map, factor and export."""
+class _ConvKernel(ConvBound):
+    """What a constrained convolution declares: its linear map, bounds and export."""
 
     def _linear(self, inputs, kernel):
         small_kernel = any(k < s for k, s in zip(self.kernel_size, self.strides))
@@ -252,14 +254,21 @@ class _ConvKernel:
             pads[first + axis] = _same_padding(size, k, s)
         return ops.pad(inputs, pads)
 
-    def _lipschitz_factor(self):
+    def _coverage_factor(self):
         padding = getattr(self, "pad_mode", self.padding)
         return conv_lipschitz_factor(self.kernel_size, self.strides, padding)
 
+    def _frequency_bound(self, kernel):
+        padding = getattr(self, "pad_mode", self.padding)
+        return conv_frequency_bound_with_padding(
+            kernel, self.kernel_size, self.strides, padding, self._get_coef()
+        )
 
-def _spectral_conv_init(layer, lipschitz_args) -> None:
+
+def _spectral_conv_init(layer, lipschitz_args, conv_bound) -> None:
     _check_unit_dilation_and_groups(layer)
     layer._init_spectral(**lipschitz_args)
+    layer._init_conv_bound(conv_bound)
 
 
 @keras.saving.register_keras_serializable("deel_lip")
@@ -310,6 +319,7 @@ class SpectralConv2D(_ConvKernel, SpectralKernel, PadConv2D):
         beta_bjorck=DEFAULT_BETA_BJORCK,
         maxiter_spectral=DEFAULT_MAXITER_SPECTRAL,
         maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
+        conv_bound="frequency",
         **kwargs,
     ):
         PadConv2D.__init__(
@@ -341,6 +351,7 @@ class SpectralConv2D(_ConvKernel, SpectralKernel, PadConv2D):
                 maxiter_spectral=maxiter_spectral,
                 maxiter_bjorck=maxiter_bjorck,
             ),
+            conv_bound,
         )
 
     def _export_class(self):
@@ -377,6 +388,7 @@ class FrobeniusConv2D(_ConvKernel, FrobeniusKernel, PadConv2D):
         kernel_constraint=None,
         bias_constraint=None,
         k_coef_lip=1.0,
+        conv_bound="frequency",
         **kwargs,
     ):
         PadConv2D.__init__(
@@ -402,6 +414,7 @@ class FrobeniusConv2D(_ConvKernel, FrobeniusKernel, PadConv2D):
         self._init_frobenius(k_coef_lip, disjoint_neurons=False)
         # disjoint neurons make no sense for convolutions: keep the config minimal
         self._lipschitz_args = {}
+        self._init_conv_bound(conv_bound)
 
     def _export_class(self):
         return PadConv2D._export_class(self)
@@ -444,6 +457,7 @@ class SpectralConv1D(_ConvKernel, SpectralKernel, keras.layers.Conv1D):
         beta_bjorck=DEFAULT_BETA_BJORCK,
         maxiter_spectral=DEFAULT_MAXITER_SPECTRAL,
         maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
+        conv_bound="frequency",
         **kwargs,
     ):
         keras.layers.Conv1D.__init__(
@@ -475,6 +489,7 @@ class SpectralConv1D(_ConvKernel, SpectralKernel, keras.layers.Conv1D):
                 maxiter_spectral=maxiter_spectral,
                 maxiter_bjorck=maxiter_bjorck,
             ),
+            conv_bound,
         )
 
     def _export_class(self):
@@ -482,7 +497,7 @@ class SpectralConv1D(_ConvKernel, SpectralKernel, keras.layers.Conv1D):
 
 
 @keras.saving.register_keras_serializable("deel_lip")
-class SpectralConv2DTranspose(SpectralKernel, keras.layers.Conv2DTranspose):
+class SpectralConv2DTranspose(ConvBound, SpectralKernel, keras.layers.Conv2DTranspose):
     """Transposed 2D convolution with an orthogonal reshaped kernel.
 
     The Keras kernel is ``(kh, kw, filters, c_in)``; its ``(kh * kw * filters, c_in)``
@@ -531,6 +546,7 @@ class SpectralConv2DTranspose(SpectralKernel, keras.layers.Conv2DTranspose):
         beta_bjorck=DEFAULT_BETA_BJORCK,
         maxiter_spectral=DEFAULT_MAXITER_SPECTRAL,
         maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
+        conv_bound="frequency",
         **kwargs,
     ):
         keras.layers.Conv2DTranspose.__init__(
@@ -563,6 +579,7 @@ class SpectralConv2DTranspose(SpectralKernel, keras.layers.Conv2DTranspose):
                 maxiter_spectral=maxiter_spectral,
                 maxiter_bjorck=maxiter_bjorck,
             ),
+            conv_bound,
         )
         self._check_platform_limits()
 
@@ -605,8 +622,12 @@ class SpectralConv2DTranspose(SpectralKernel, keras.layers.Conv2DTranspose):
             data_format=self.data_format,
         )
 
-    def _lipschitz_factor(self):
+    def _coverage_factor(self):
         return conv_transpose_lipschitz_factor(self.kernel_size, self.strides)
+
+    def _frequency_bound(self, kernel):
+        # the (kh, kw, filters, c_in) kernel is the one of the adjoint strided convolution
+        return conv_frequency_bound(kernel, self.strides, "same")
 
     def _export_class(self):
         return keras.layers.Conv2DTranspose

@@ -9,6 +9,10 @@ of `deel_lip.normalizers.conv_lipschitz_factor`. The layer divides each ``M_c`` 
 Frobenius norm (``>= ||M_c||_2``, equal when ``depth_multiplier == 1``), hence::
 
     ||depthwise conv|| <= factor * max_c ||K_bar_c||_F = k_coef_lip.
+
+With ``conv_bound="frequency"`` (default) each channel's map is instead bounded by the
+frequency-domain bound of its convolution (`deel_lip.normalizers_freq`), sound for every
+input size and much tighter: ``K_bar_c = k_coef_lip * K_c / bound_c``.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from deel_lip.layers._conv_bound import check_conv_bound
 from deel_lip.layers.base import ConstrainedKernel
 from deel_lip.normalizers import conv_lipschitz_factor
+from deel_lip.normalizers_freq import conv_frequency_bound
 
 __all__ = ["SpectralDepthwiseConv2D"]
 
@@ -61,6 +67,9 @@ class SpectralDepthwiseConv2D(ConstrainedKernel, keras.layers.DepthwiseConv2D):
             not provided: ``orthogonal`` must be False.
         eps_spectral, maxiter_spectral: accepted for deel-lip compatibility and stored in
             the config; the Frobenius normalisation needs no iteration.
+        conv_bound: "frequency" (default: ``bound_c`` is the frequency-domain bound of
+            channel ``c``'s convolution) or "coverage" (``bound_c = factor * n_c``, the
+            behaviour of configs saved without the key).
 
     Raises:
         ValueError: naming the argument, for a padding other than "same"/"valid", a
@@ -91,6 +100,7 @@ class SpectralDepthwiseConv2D(ConstrainedKernel, keras.layers.DepthwiseConv2D):
         ortho_niter=-1,
         eps_spectral=1e-3,
         maxiter_spectral=10,
+        conv_bound="frequency",
         **kwargs,
     ):
         if not isinstance(padding, str) or padding.lower() not in _PADDINGS:
@@ -138,13 +148,27 @@ class SpectralDepthwiseConv2D(ConstrainedKernel, keras.layers.DepthwiseConv2D):
             ortho_niter=ortho_niter,
             eps_spectral=eps_spectral,
             maxiter_spectral=maxiter_spectral,
+            conv_bound=check_conv_bound(conv_bound),
         )
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config.setdefault("conv_bound", "coverage")  # files saved before the key existed
+        return super().from_config(config)
 
     def _normalize(self, kernel, state):
         scaled, norms = _channel_norms(kernel, self.filterwise_normalisation)
-        return scaled / norms * self._coef(), {}
+        w = scaled / norms
+        if self.conv_bound == "frequency":
+            bounds = conv_frequency_bound(w, self.strides, self.padding, depthwise=True)
+            bounds = ops.reshape(bounds, (1, 1, -1, 1))
+            w = w / (bounds if self.filterwise_normalisation else ops.max(bounds))
+        return w * self._coef(), {}
 
     def _lipschitz_factor(self):
+        if self.conv_bound == "frequency":
+            return 1.0
         return conv_lipschitz_factor(self.kernel_size, self.strides, self.padding)
 
     def _linear(self, inputs, kernel):
