@@ -166,13 +166,28 @@ def noise_multiplier_for(
             sigma, steps, batch_size=batch_size, dataset_size=dataset_size, sampling=sampling
         )
 
+    bracket = dpa.LowerEndpointAndGuess(0.05, 1.0)
+    if accountant == "pld":
+        # RDP over-estimates epsilon, so its sigma is an upper end; starting near it keeps
+        # the PLD accountant away from tiny sigmas, whose loss distributions are huge.
+        upper = noise_multiplier_for(
+            target_epsilon,
+            delta,
+            epochs,
+            batch_size=batch_size,
+            dataset_size=dataset_size,
+            sampling=sampling,
+            accountant="rdp",
+            tol=tol,
+        )
+        bracket = dpa.ExplicitBracketInterval(0.5 * upper, upper * 1.01)
     with _quiet_absl():
         sigma = dpa.calibrate_dp_mechanism(
             lambda: make_accountant(accountant, sampling),
             event,
             target_epsilon,
             delta,
-            dpa.LowerEndpointAndGuess(0.05, 1.0),
+            bracket,
             tol=tol,
         )
     return float(sigma)
