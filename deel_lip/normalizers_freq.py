@@ -147,13 +147,9 @@ def _mt(x):
 
 
 def _bmm(a, b):
-    """Batched product of small matrices as a sum of outer products: XLA on CPU runs it
-    2-3x faster than its batched ``dot`` at these sizes (16 x 16, thousands of them)."""
-    terms = [a[..., :, k : k + 1] * b[..., k : k + 1, :] for k in range(a.shape[-1])]
-    out = terms[0]
-    for term in terms[1:]:
-        out = out + term
-    return out
+    """Batched product of small matrices as a broadcast product and a sum: XLA on CPU
+    runs it faster than its batched ``dot`` at these sizes (thousands of 16 x 16)."""
+    return ops.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
 
 
 def _gram(re, im):
