@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("benchmarks.run")
 
 
+@pytest.mark.slow  # 84 s on 2 cores; `make bench` runs the real thing
 def test_benchmark_quick_run_writes_scratch_results_only(tmp_path):
     from benchmarks.run import main
 

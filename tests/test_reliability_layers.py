@@ -65,10 +65,15 @@ def _kernels(shape, seed=0) -> dict:
     }
 
 
-def _xla_gradient(fn, kernel):
-    """Gradient of ``sum(fn(kernel) * weights)`` under ``tf.function(jit_compile=True)``."""
-    variable = tf.Variable(np.asarray(kernel, "float32"))
-    weights = tf.constant(np.random.default_rng(1).standard_normal(kernel.shape), "float32")
+def _xla_gradients(fn, kernels: dict) -> dict:
+    """``kind -> (fn(kernel), gradient of sum(fn(kernel) * weights))`` under XLA.
+
+    One compiled function per kernel shape: each kernel is assigned to the same variable
+    (the values, not the graph, are what make a gradient NaN).
+    """
+    shape = next(iter(kernels.values())).shape
+    variable = tf.Variable(tf.zeros(shape, "float32"))
+    weights = tf.constant(np.random.default_rng(1).standard_normal(shape), "float32")
 
     @tf.function(jit_compile=True)
     def grad():
@@ -77,8 +82,17 @@ def _xla_gradient(fn, kernel):
             loss = tf.reduce_sum(tf.reshape(out, [-1]) * tf.reshape(weights, [-1])[: tf.size(out)])
         return out, tape.gradient(loss, variable)
 
-    out, gradient = grad()
-    return out.numpy(), gradient.numpy()
+    results = {}
+    for kind, kernel in kernels.items():
+        variable.assign(np.asarray(kernel, "float32"))
+        out, gradient = grad()
+        results[kind] = (out.numpy(), gradient.numpy())
+    return results
+
+
+def _xla_gradient(fn, kernel):
+    """`_xla_gradients` of one kernel."""
+    return _xla_gradients(fn, {"kernel": kernel})["kernel"]
 
 
 NORMALISERS = {
@@ -99,8 +113,7 @@ NORMALISERS = {
 @pytest.mark.parametrize("shape", [(8, 1), (1, 1), (1, 8), (6, 4), (4, 6)], ids=str)
 @pytest.mark.parametrize("name", list(NORMALISERS))
 def test_xla_gradients_are_finite_through_every_normaliser(name, shape):
-    for kind, kernel in _kernels(shape).items():
-        out, gradient = _xla_gradient(NORMALISERS[name], kernel)
+    for kind, (out, gradient) in _xla_gradients(NORMALISERS[name], _kernels(shape)).items():
         assert np.all(np.isfinite(out)), f"{name} {kind}: non-finite output"
         assert np.all(np.isfinite(gradient)), f"{name} {kind}: non-finite XLA gradient"
 
