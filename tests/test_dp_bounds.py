@@ -106,6 +106,48 @@ def test_per_sample_gradients_within_bounds(private_model, mnist_small, loss, la
     assert max(ratios.values()) > 0.0
 
 
+def _other_models():
+    """Layers not in `_model`: Conv1D, down-sampling, global pooling, no-bias convolution."""
+    sequence = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Reshape((28, 28)),
+            dl.SpectralConv1D(8, 3, strides=2),
+            dl.GroupSort2(),
+            keras.layers.Flatten(),
+            dl.SpectralDense(10),
+        ]
+    )
+    image = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            dl.InvertibleDownSampling(2),
+            dl.SpectralConv2D(8, 3, use_bias=False),
+            keras.layers.Activation("relu"),
+            dl.ScaledGlobalL2NormPooling2D(),
+            dl.SpectralDense(10),
+        ]
+    )
+    return [sequence, image]
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_other_layers_within_bounds(mnist_small, index):
+    images, y = mnist_small
+    model = _other_models()[index]
+    norm = float(np.linalg.norm(images.reshape(len(images), -1), axis=1).max())
+    private = dp.make_private(
+        model, input_norm=norm, noise_multiplier=1.0, batch_size=64, dataset_size=1000
+    )
+    for loss, labels in (LOSSES[0], LOSSES[5]):
+        private.compile("sgd", loss)
+        bounds = {b.name: float(c) for b, c in private.per_sample_bounds()}
+        norms = _per_sample_norms(private, loss, images[:64], _labels(labels, y[:64]))
+        ratios = {name: norms[name].max() / bounds[name] for name in bounds}
+        print(model.name, loss.name, {k: round(v, 4) for k, v in ratios.items()})
+        assert 0.0 < max(ratios.values()) <= 1.0
+
+
 def test_loss_constants_hold_and_are_reached(mnist_small):
     """||d loss / d logits|| <= L on random and saturated logits; the max is near L."""
     rng = np.random.default_rng(0)

@@ -35,6 +35,7 @@ import keras
 from keras import ops
 
 from deel_lip import layers as dl
+from deel_lip.normalizers import conv_lipschitz_factor
 
 __all__ = ["LayerBound", "UnsupportedLayerError", "describe_layer", "gradient_bounds"]
 
@@ -97,10 +98,14 @@ _PARAMETER_FREE_LIPSCHITZ = (
     dl.ScaledAveragePooling2D,
     dl.ScaledGlobalAveragePooling2D,
     dl.ScaledGlobalL2NormPooling2D,
-    dl.InvertibleDownSampling,
+)
+_ISOMETRIES = (
+    keras.layers.Flatten,
+    keras.layers.Reshape,
+    keras.layers.Permute,
+    dl.InvertibleDownSampling,  # permutations of the coordinates
     dl.InvertibleUpSampling,
 )
-_ISOMETRIES = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Permute)
 _TRAINING_NOISE = (
     keras.layers.Dropout,
     keras.layers.SpatialDropout1D,
@@ -140,7 +145,11 @@ def _linear_bound(layer, output_shape) -> LayerBound:
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         _refuse(layer, "only data_format='channels_last' is supported")
     coef = float(layer._get_coef())
-    factor = 1.0 if issubclass(export, keras.layers.Dense) else float(layer._lipschitz_factor())
+    if issubclass(export, keras.layers.Dense):
+        factor = 1.0
+    else:  # the coverage factor: sound for every input size, whatever the layer's own bound
+        padding = getattr(layer, "pad_mode", layer.padding)
+        factor = float(conv_lipschitz_factor(layer.kernel_size, layer.strides, padding))
     per_unit = bool(getattr(layer, "disjoint_neurons", False))
     if isinstance(layer, dl.FrobeniusDense) or isinstance(layer, dl.FrobeniusConv2D):
         kind = "frobenius_per_unit" if per_unit else "frobenius"
