@@ -80,3 +80,9 @@ def test_invalid_arguments_named(kwargs, name):
     extra.update({k: v for k, v in kwargs.items() if k not in args})
     with pytest.raises(ValueError, match=name):
         dp.compute_epsilon(args["noise_multiplier"], args["steps"], args["delta"], **extra)
+
+
+def test_missing_dp_accounting_names_the_extra(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "dp_accounting", None)
+    with pytest.raises(ImportError, match=r"keras-lipschitz\[dp\]"):
+        dp.compute_epsilon(SIGMA, 10, DELTA, batch_size=B, dataset_size=N)

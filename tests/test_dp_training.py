@@ -109,6 +109,7 @@ def test_private_training_beats_chance_and_callback_epsilon_matches(mnist):
         steps_per_epoch=n // batch,
         callbacks=[budget],
         verbose=0,
+        shuffle=False,
     )
     accuracy = np.mean(private.predict(x_test, verbose=0).argmax(1) == y_test)
     print("private accuracy", accuracy, "epsilon", history.history["epsilon"])
@@ -123,23 +124,23 @@ def test_private_training_beats_chance_and_callback_epsilon_matches(mnist):
     )
 
 
-def test_budget_callback_stops_training(mnist_small):
+def test_budget_callback_stops_at_the_last_step_within_budget(mnist_small):
     images, labels = mnist_small
     private = _private(noise_multiplier=0.8, batch_size=100, dataset_size=1000)
     private.compile("sgd", losses.TauCategoricalCrossentropy(8.0))
-    per_epoch = 10
-    limit = dp.compute_epsilon(0.8, 3 * per_epoch, 1e-5, batch_size=100, dataset_size=1000)
-    budget = dp.PrivacyBudgetCallback(1e-5, epsilon_budget=limit * 1.001)
+    kwargs = {"batch_size": 100, "dataset_size": 1000}
+    limit = dp.compute_epsilon(0.8, 25, 1e-5, **kwargs) * 1.0001  # 25 steps fit, 26 do not
+    assert dp.compute_epsilon(0.8, 26, 1e-5, **kwargs) > limit
+    budget = dp.PrivacyBudgetCallback(1e-5, epsilon_budget=limit)
+    batches = dp.private_batches(images, keras.utils.to_categorical(labels, 10), private)
     history = private.fit(
-        dp.private_batches(images, keras.utils.to_categorical(labels, 10), private),
-        epochs=10,
-        steps_per_epoch=per_epoch,
-        callbacks=[budget],
-        verbose=0,
+        batches, epochs=10, steps_per_epoch=10, callbacks=[budget], verbose=0, shuffle=False
     )
+    assert budget.steps == 25  # mid-epoch
     assert len(history.history["epsilon"]) == 3
-    assert budget.steps == 3 * per_epoch
-    assert history.history["epsilon"][-1] <= limit * 1.001
+    assert history.history["epsilon"][-1] == pytest.approx(limit / 1.0001, rel=1e-12)
+    with pytest.raises(ValueError, match="no step can run within the budget"):
+        private.fit(batches, epochs=1, steps_per_epoch=10, callbacks=[budget], verbose=0)
 
 
 @pytest.mark.parametrize(

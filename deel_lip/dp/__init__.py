@@ -21,6 +21,7 @@ from deel_lip.dp.accounting import (
     dp_sgd_event,
     make_accountant,
     max_epochs,
+    max_steps,
     noise_multiplier_for,
     steps_for_epochs,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "make_accountant",
     "make_private",
     "max_epochs",
+    "max_steps",
     "noise_multiplier_for",
     "per_sample_losses",
     "private_batches",

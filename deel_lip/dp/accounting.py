@@ -28,6 +28,7 @@ __all__ = [
     "steps_for_epochs",
     "noise_multiplier_for",
     "max_epochs",
+    "max_steps",
     "PrivacyBudgetCallback",
 ]
 
@@ -193,7 +194,7 @@ def noise_multiplier_for(
     return float(sigma)
 
 
-def max_epochs(
+def max_steps(
     noise_multiplier,
     target_epsilon,
     delta,
@@ -202,8 +203,8 @@ def max_epochs(
     dataset_size,
     sampling="poisson",
     accountant="rdp",
-) -> float:
-    """Largest number of epochs (a multiple of ``B / N``: whole steps) within the budget."""
+) -> int:
+    """Largest number of steps whose epsilon at ``delta`` is at most ``target_epsilon``."""
     _check("target_epsilon", target_epsilon)
 
     def eps(steps):
@@ -218,24 +219,48 @@ def max_epochs(
         )
 
     if eps(1) > target_epsilon:
-        return 0.0
+        return 0
     low, high = 1, 2
     while eps(high) <= target_epsilon:
         low, high = high, high * 2
-        if high > 10**8:
-            break
+        if high > 10**9:
+            return low
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (mid, high) if eps(mid) <= target_epsilon else (low, mid)
-    return low * batch_size / dataset_size
+    return low
+
+
+def max_epochs(
+    noise_multiplier,
+    target_epsilon,
+    delta,
+    *,
+    batch_size,
+    dataset_size,
+    sampling="poisson",
+    accountant="rdp",
+) -> float:
+    """`max_steps` in epochs (``steps * B / N``: whole steps within the budget)."""
+    steps = max_steps(
+        noise_multiplier,
+        target_epsilon,
+        delta,
+        batch_size=batch_size,
+        dataset_size=dataset_size,
+        sampling=sampling,
+        accountant=accountant,
+    )
+    return steps * batch_size / dataset_size
 
 
 class PrivacyBudgetCallback(keras.callbacks.Callback):
     """Log epsilon after every epoch (``logs["epsilon"]``) and stop at the budget.
 
     Counts the optimizer steps actually run; reads the privacy parameters from the
-    model's ``dp_config`` (`deel_lip.dp.make_private`). Training stops before an epoch
-    whose steps would take epsilon above ``epsilon_budget``.
+    model's ``dp_config`` (`deel_lip.dp.make_private`). With a budget, training stops
+    after the last step that keeps epsilon within it (`max_steps`), mid-epoch if needed;
+    the steps count across several ``fit`` calls with the same callback.
 
     Args:
         delta: target delta in (0, 1).
@@ -257,6 +282,7 @@ class PrivacyBudgetCallback(keras.callbacks.Callback):
         self.epsilon_budget = epsilon_budget
         self.accountant = accountant
         self.steps = 0
+        self.max_steps: int | None = None
         self.history: list[tuple[int, float]] = []
 
     def _epsilon(self, steps: int) -> float:
@@ -272,25 +298,36 @@ class PrivacyBudgetCallback(keras.callbacks.Callback):
         )
 
     def on_train_begin(self, logs=None):
-        if not hasattr(self.model, "dp_config"):
+        config = getattr(self.model, "dp_config", None)
+        if config is None:
             raise ValueError(
                 "PrivacyBudgetCallback needs a model built by deel_lip.dp.make_private, "
                 f"received {type(self.model).__name__}"
             )
-        self._check_next_epoch()
+        self.max_steps = None
+        if self.epsilon_budget is not None:
+            self.max_steps = max_steps(
+                config["noise_multiplier"],
+                self.epsilon_budget,
+                self.delta,
+                batch_size=config["batch_size"],
+                dataset_size=config["dataset_size"],
+                sampling=config["sampling"],
+                accountant=self.accountant,
+            )
+            if self.max_steps <= self.steps:
+                raise ValueError(
+                    f"epsilon_budget={self.epsilon_budget} allows {self.max_steps} steps and "
+                    f"{self.steps} already ran: no step can run within the budget"
+                )
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-
-    def _check_next_epoch(self):
-        per_epoch = (self.params or {}).get("steps") or 0
-        if self.epsilon_budget is not None and per_epoch:
-            if self._epsilon(self.steps + per_epoch) > self.epsilon_budget:
-                self.model.stop_training = True
+        if self.max_steps is not None and self.steps >= self.max_steps:
+            self.model.stop_training = True  # Keras checks it before the next step
 
     def on_epoch_end(self, epoch, logs=None):
         epsilon = self._epsilon(self.steps)
         self.history.append((self.steps, epsilon))
         if logs is not None:
             logs["epsilon"] = epsilon
-        self._check_next_epoch()
