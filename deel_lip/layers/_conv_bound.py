@@ -5,7 +5,8 @@ normalisation returns (Bjorck-orthogonal, spectral- or Frobenius-normalised) and
 ``bound`` the frequency-domain bound of the convolution's operator norm, sound for every
 input size (`deel_lip.normalizers_freq.conv_frequency_bound`). Reflect / symmetric padding
 copies border pixels (the padding map has norm > 1): ``bound = min(||pad|| * frequency
-bound, coverage factor * ||W||_2)``, both sound.
+bound, coverage factor * ||W||_2)``, both sound; the minimum with the coverage bound is
+taken for every padding (it is exact for "wide" orthogonal kernels, whose spectrum is flat).
 
 ``conv_bound="coverage"``: ``K_bar = k / factor * W`` with the coverage factor of the
 padding mode and strides (`deel_lip.normalizers.conv_lipschitz_factor`), looser.
@@ -68,11 +69,13 @@ class ConvBound:
 
 
 def conv_frequency_bound_with_padding(kernel, kernel_size, strides, padding, k_coef):
-    """``min(||pad|| * frequency bound, coverage * k)`` for reflect / symmetric padding
-    (``kernel`` has matrix norm <= ``k``), the frequency bound otherwise."""
-    bound = conv_frequency_bound(kernel, strides, padding)
-    pad_norm = padding_operator_norm(kernel_size, padding)
-    if pad_norm == 1.0:
-        return bound
+    """``min(||pad|| * frequency bound, coverage factor * k)`` for a kernel whose matrix
+    has norm <= ``k``: both are sound. The coverage factor is exact for an orthogonal
+    kernel with at least as many outputs as rows (``kh kw c_in <= c_out``: flat spectrum,
+    ``T(w) T(w)^H = kh kw I``), which the frequency grid only approaches; the padding
+    norm is 1 except for reflect / symmetric padding."""
+    bound = conv_frequency_bound(kernel, strides, padding) * padding_operator_norm(
+        kernel_size, padding
+    )
     coverage = conv_lipschitz_factor(kernel_size, strides, padding) * k_coef
-    return ops.minimum(bound * pad_norm, ops.cast(coverage, bound.dtype))
+    return ops.minimum(bound, ops.cast(coverage, bound.dtype))

@@ -163,6 +163,10 @@ class SpectralDepthwiseConv2D(ConstrainedKernel, keras.layers.DepthwiseConv2D):
         if self.conv_bound == "frequency":
             bounds = conv_frequency_bound(w, self.strides, self.padding, depthwise=True)
             bounds = ops.reshape(bounds, (1, 1, -1, 1))
+            # the coverage bound (factor * ||w_c||_F) is sound too: keep the smaller
+            coverage = conv_lipschitz_factor(self.kernel_size, self.strides, self.padding)
+            frobenius = ops.sqrt(ops.sum(ops.square(w), axis=(0, 1, 3), keepdims=True))
+            bounds = ops.minimum(bounds, coverage * frobenius)
             w = w / (bounds if self.filterwise_normalisation else ops.max(bounds))
         return w * self._coef(), {}
 
