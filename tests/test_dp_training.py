@@ -208,3 +208,27 @@ def test_sample_weight_refused(mnist_small):
     y = keras.utils.to_categorical(labels[:50], 10)
     with pytest.raises(ValueError, match="sample_weight"):
         private.train_on_batch(images[:50], y, sample_weight=np.ones(50))
+
+
+def test_private_model_saves_and_resumes(mnist_small, tmp_path):
+    """A saved private twin loads with its privacy parameters, bounds and projections."""
+    images, labels = mnist_small
+    private = _private(noise="global")
+    private.compile(keras.optimizers.Adam(1e-3), losses.MulticlassHinge(min_margin=1.0))
+    y = keras.utils.to_categorical(labels[:100], 10)
+    private.fit(images[:100], y, batch_size=50, epochs=1, verbose=0, shuffle=False)
+    path = tmp_path / "private.keras"
+    private.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, dp.PrivateSequential)
+    assert loaded.dp_config == private.dp_config
+    np.testing.assert_allclose(
+        loaded.predict(images[:20], verbose=0), private.predict(images[:20], verbose=0), rtol=1e-6
+    )
+    saved = {b.name: float(c) for b, c in private.per_sample_bounds()}
+    assert {b.name: float(c) for b, c in loaded.per_sample_bounds()} == pytest.approx(saved)
+    loaded.fit(images[:100], y, batch_size=50, epochs=1, verbose=0, shuffle=False)
+    for bound in loaded.layer_bounds:
+        if bound.projection is not None:
+            kernel = bound.layer.kernel.numpy()
+            assert np.linalg.norm(kernel, 2) <= bound.projection[0] * (1 + 1e-5)

@@ -254,6 +254,7 @@ def max_epochs(
     return steps * batch_size / dataset_size
 
 
+@keras.saving.register_keras_serializable("deel_lip")
 class PrivacyBudgetCallback(keras.callbacks.Callback):
     """Log epsilon after every epoch (``logs["epsilon"]``) and stop at the budget.
 
@@ -284,6 +285,13 @@ class PrivacyBudgetCallback(keras.callbacks.Callback):
         self.steps = 0
         self.max_steps: int | None = None
         self.history: list[tuple[int, float]] = []
+
+    def get_config(self) -> dict:
+        return {
+            "delta": self.delta,
+            "epsilon_budget": self.epsilon_budget,
+            "accountant": self.accountant,
+        }
 
     def _epsilon(self, steps: int) -> float:
         config = self.model.dp_config

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from deel_lip.dp.bounds import describe_layer, gradient_bounds
+from deel_lip.dp.bounds import LayerBound, describe_layer, gradient_bounds
 from deel_lip.dp.layers import ClipNorm, KernelProjection
 from deel_lip.dp.losses import loss_lipschitz, per_sample_losses
 from deel_lip.model import vanilla_export
@@ -53,6 +53,7 @@ def _check_positive(name, value, integer=False):
         raise ValueError(f"{name} must be a finite number > 0, received: {value!r}")
 
 
+@keras.saving.register_keras_serializable("deel_lip")
 class PrivateSequential(keras.Sequential):
     """A `keras.Sequential` trained by clipless DP-SGD (build it with `make_private`).
 
@@ -71,9 +72,42 @@ class PrivateSequential(keras.Sequential):
     def _setup_dp(self, bounds, config: dict, seed) -> None:
         self.layer_bounds = bounds
         self.dp_config = dict(config)
+        self._dp_seed = seed
         self._noise_seed = keras.random.SeedGenerator(seed)
         self._dp_loss = None
         self._dp_loss_lipschitz = None
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["dp_config"] = dict(self.dp_config)
+        config["dp_seed"] = self._dp_seed
+        config["layer_bounds"] = [
+            {
+                "name": b.name,
+                "lipschitz": b.lipschitz,
+                "kernel_factor": b.kernel_factor,
+                "bias_positions": b.bias_positions,
+                "projection": None if b.projection is None else list(b.projection),
+            }
+            for b in self.layer_bounds
+        ]
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        dp_config = config.pop("dp_config")
+        seed = config.pop("dp_seed", None)
+        saved = config.pop("layer_bounds")
+        model = super().from_config(config, custom_objects=custom_objects)
+        bounds = []
+        for entry in saved:
+            entry = dict(entry)
+            if entry["projection"] is not None:
+                entry["projection"] = tuple(entry["projection"])
+            bounds.append(LayerBound(**entry, layer=model.get_layer(entry["name"])))
+        model._setup_dp(bounds, dp_config, seed)
+        return model
 
     def compile(self, optimizer="rmsprop", loss=None, **kwargs):
         classes = int(self.outputs[0].shape[-1]) if self.outputs else int(self.output_shape[-1])
@@ -82,6 +116,12 @@ class PrivateSequential(keras.Sequential):
         if kwargs.get("loss_weights") is not None:
             raise ValueError("loss_weights is not supported by clipless DP-SGD, received one")
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+    def compile_from_config(self, config):
+        """Compile a loaded model as saved (Keras skips models that override `compile`)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if hasattr(self, "optimizer") and self.built:
+            self.optimizer.build(self.trainable_variables)  # optimizer variables to load
 
     def per_sample_bounds(self):
         """Per-layer per-sample gradient bounds ``[(LayerBound, C_l), ...]`` (current biases)."""
