@@ -97,7 +97,7 @@ def test_per_sample_gradients_within_bounds(private_model, mnist_small, loss, la
         return
     private_model.compile("sgd", loss)
     bounds = {b.name: float(c) for b, c in private_model.per_sample_bounds()}
-    idx = np.random.default_rng(0).choice(len(images), 64, replace=False)
+    idx = np.random.default_rng(0).choice(len(images), 32, replace=False)
     norms = _per_sample_norms(private_model, loss, images[idx], _labels(labels, y[idx]))
     ratios = {name: norms[name].max() / bounds[name] for name in bounds}
     print(loss.name, {k: round(v, 4) for k, v in ratios.items()})

@@ -114,7 +114,10 @@ _TRAINING_NOISE = (
     keras.layers.GaussianDropout,
     keras.layers.AlphaDropout,
 )
-_SAFE_ACTIVATIONS = ("linear", "relu")  # 1-Lipschitz, |a(t)| <= |t|, a'(t) in [0, 1]
+_SAFE_ACTIVATIONS = ("linear", "relu")
+#: Relative margin on the projected kernels' norms: Bjorck and the Frobenius division hold
+#: their bound up to float32 rounding (measured excess: 2e-7).
+ROUNDING_MARGIN = 1e-5  # 1-Lipschitz, |a(t)| <= |t|, a'(t) in [0, 1]
 
 
 def _refuse(layer, why: str):
@@ -156,7 +159,7 @@ def _linear_bound(layer, output_shape) -> LayerBound:
     else:
         kind = "spectral"
     units = int(layer.kernel.shape[-1]) if layer.built else 1
-    lipschitz = coef * (math.sqrt(units) if per_unit else 1.0)
+    lipschitz = coef * (math.sqrt(units) if per_unit else 1.0) * (1.0 + ROUNDING_MARGIN)
     positions = math.prod(int(d) for d in output_shape[1:-1]) if layer.use_bias else 0
     if layer.use_bias and positions == 0:
         positions = 1

@@ -60,7 +60,9 @@ class PrivateSequential(keras.Sequential):
     ``fit`` expects batches drawn as declared (`deel_lip.dp.private_batches` with the
     same ``sampling``, ``batch_size`` and ``dataset_size``): the accountant assumes them.
     ``compile`` refuses losses without a registered Lipschitz constant
-    (`deel_lip.dp.losses`). ``evaluate`` and ``predict`` are Keras'.
+    (`deel_lip.dp.losses`). ``evaluate`` and ``predict`` are Keras'. ``jit_compile``
+    keeps Keras' default (no XLA on CPU): Poisson batches change size at every step, and
+    XLA would compile each new size anew.
 
     Attributes:
         dp_config: dict of the privacy parameters (``noise_multiplier``,
