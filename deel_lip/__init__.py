@@ -3,7 +3,8 @@
 Submodules, all imported by ``import deel_lip``: `normalizers` (math), `layers`, `model`
 (`Sequential`, `Model`, `vanilla_export`), `losses`, `metrics`, `constraints`,
 `initializers`, `regularizers`, `callbacks`, `utils` (exact singular values),
-`robustness` (certificates and attacks), `datasets` (offline example data), `migration`
+`robustness` (certificates and attacks), `datasets` (offline example data), `dp`
+(clipless DP-SGD; ``dp-accounting`` is imported on first use), `migration`
 (loading deel-lip files, ``deel-lip>X`` registered names), and deel-lip's module names
 `activations` and `compute_layer_sv`.
 
@@ -24,6 +25,7 @@ from deel_lip import (
     compute_layer_sv,
     constraints,
     datasets,
+    dp,
     initializers,
     layers,
     losses,
@@ -51,6 +53,7 @@ __all__ = [
     "compute_layer_sv",
     "constraints",
     "datasets",
+    "dp",
     "initializers",
     "layers",
     "losses",

@@ -31,6 +31,7 @@ SUBMODULES = (
     "callbacks",
     "constraints",
     "datasets",
+    "dp",
     "initializers",
     "layers",
     "losses",
