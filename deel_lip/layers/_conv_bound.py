@@ -19,11 +19,18 @@ from __future__ import annotations
 
 from keras import ops
 
+from deel_lip.layers.pad_conv import _check_unit_dilation_and_groups
 from deel_lip.normalizers import conv_lipschitz_factor
 from deel_lip.normalizers_conv import padding_operator_norm
 from deel_lip.normalizers_freq import conv_frequency_bound
 
-__all__ = ["CONV_BOUNDS", "ConvBound", "check_conv_bound", "conv_frequency_bound_with_padding"]
+__all__ = [
+    "spectral_conv_init",
+    "CONV_BOUNDS",
+    "ConvBound",
+    "check_conv_bound",
+    "conv_frequency_bound_with_padding",
+]
 
 CONV_BOUNDS = ("frequency", "coverage")
 
@@ -33,6 +40,13 @@ def check_conv_bound(conv_bound) -> str:
     if not isinstance(conv_bound, str) or conv_bound not in CONV_BOUNDS:
         raise ValueError(f"conv_bound must be one of {CONV_BOUNDS}, received: {conv_bound!r}")
     return conv_bound
+
+
+def spectral_conv_init(layer, lipschitz_args, conv_bound) -> None:
+    """Checks and Lipschitz arguments of a Bjorck-normalised convolution."""
+    _check_unit_dilation_and_groups(layer)
+    layer._init_spectral(**lipschitz_args)
+    layer._init_conv_bound(conv_bound)
 
 
 class ConvBound:
