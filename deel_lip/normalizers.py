@@ -68,6 +68,8 @@ __all__ = [
     "conv_coverage_1d",
     "conv_lipschitz_factor",
     "conv_transpose_lipschitz_factor",
+    "padding_operator_norm",
+    "conv_frequency_bound",
 ]
 
 
@@ -438,5 +440,7 @@ from deel_lip.normalizers_conv import (  # noqa: E402
     conv_coverage_1d,
     conv_lipschitz_factor,
     conv_transpose_lipschitz_factor,
+    padding_operator_norm,
     spectral_normalization_conv,
 )
+from deel_lip.normalizers_freq import conv_frequency_bound  # noqa: E402
