@@ -139,14 +139,17 @@ def _clipped_step_fn(model, loss, clip, sigma, denominator, seed):
     return step
 
 
-def run_one(mode: str, epsilon: float, epochs: float, steps_limit: int | None) -> dict:
-    """Train one configuration in this process; returns its measurements."""
+def run_one(
+    mode: str, epsilon: float, epochs: float, steps_limit: int | None, seed: int = 0
+) -> dict:
+    """Train one configuration in this process (``seed``: initialisation; the batches use
+    ``seed + 1``); returns its measurements."""
     import keras
     import numpy as np
 
     from deel_lip import dp, losses
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     x_train, y_train, x_test, y_test = _data()
     y_train_1h = keras.utils.to_categorical(y_train, 10).astype("float32")
     y_test_1h = keras.utils.to_categorical(y_test, 10).astype("float32")
@@ -166,7 +169,7 @@ def run_one(mode: str, epsilon: float, epochs: float, steps_limit: int | None) -
     loss = losses.TauCategoricalCrossentropy(tau=CONFIG["tau"])
     optimizer = keras.optimizers.Adam(CONFIG["learning_rate"])
     private.compile(optimizer, loss, metrics=["accuracy"])
-    batches = dp.private_batches(x_train, y_train_1h, private, seed=1)
+    batches = dp.private_batches(x_train, y_train_1h, private, seed=seed + 1)
     steps = total_steps if steps_limit is None else min(steps_limit, total_steps)
     base_rss = _rss_mb()
     if mode == "clipless" and steps_limit is None:
@@ -303,6 +306,7 @@ def _markdown(rows: list[dict], cost: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", nargs=4, metavar=("MODE", "EPS", "EPOCHS", "STEPS"))
+    parser.add_argument("--seed", type=int, default=0, help="with --one: seed of the run")
     parser.add_argument("--epochs", type=float, default=CONFIG["epochs"])
     parser.add_argument("--cost-steps", type=int, default=30)
     parser.add_argument("--epsilons", type=float, nargs="*", default=list(EPSILONS))
@@ -314,7 +318,7 @@ def main() -> None:
     if args.one:
         mode, eps, epochs, steps = args.one
         limit = None if steps == "all" else int(steps)
-        print(json.dumps(run_one(mode, float(eps), float(epochs), limit)))
+        print(json.dumps(run_one(mode, float(eps), float(epochs), limit, args.seed)))
         return
     if args.markdown_only:
         with open(os.path.join(RESULTS, "dp.json")) as handle:
