@@ -181,15 +181,16 @@ def run_one(
             epochs=math.ceil(total_steps / steps_per_epoch),
             steps_per_epoch=steps_per_epoch,
             verbose=0,
+            shuffle=False,  # the private batches are drawn by private_batches
             callbacks=[budget],
         )
         elapsed = time.perf_counter() - start  # tracing included
         steps_run = budget.steps
         eps_spent = budget.history[-1][1]
     elif mode == "clipless":
-        private.fit(batches.take(1), epochs=1, steps_per_epoch=1, verbose=0)  # trace
+        private.fit(batches.take(1), epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)  # trace
         start = time.perf_counter()
-        private.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0)
+        private.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
         elapsed = time.perf_counter() - start
         steps_run = steps + 1
         eps_spent = dp.compute_epsilon(sigma, steps_run, DELTA, batch_size=batch, dataset_size=n)
