@@ -1,0 +1,305 @@
+"""AOL: almost-orthogonal Lipschitz layers (Prach & Lampert, ECCV 2022).
+
+A linear map ``A`` (the layer's operator, ``y = A x``) is rescaled on its input side,
+``A_hat = A diag(d)`` with ``d_i = (sum_j |A^T A|_ij)^(-1/2)``, which gives
+``||A_hat||_2 <= 1`` for *any* ``A``:
+
+    ``diag(d)^-2 - A^T A`` is symmetric and diagonally dominant with a non-negative
+    diagonal (``d_i^-2 = sum_j |A^T A|_ij``), hence positive semi-definite (Gershgorin);
+    so ``A^T A <= diag(d)^-2``, i.e. ``A_hat^T A_hat = D A^T A D <= I``.
+
+More generally (the Schur test, used by SLL), for any ``q > 0`` the diagonal ``T`` with
+``t_i = sum_j |M_ij| q_j / q_i`` satisfies ``M <= T`` for a symmetric ``M``, because
+``|x_i x_j| <= (x_i^2 q_j / q_i + x_j^2 q_i / q_j) / 2``.
+
+For a convolution with kernel ``K`` (``kh x kw x c_in x c_out``), ``A^T A`` is, on the
+infinite grid, the convolution with the kernel's cross-correlation with itself
+``G[delta, i, j] = sum_{u, c} K[u, i, c] K[u + delta, j, c]``; its rows sum (in absolute
+value) to ``s_i = sum_{delta, j} |G[delta, i, j]|``. A zero-padded ("same"/"valid"/
+"constant") convolution on a finite input, at any stride, is a submatrix of that
+infinite operator (rows: the kept outputs, columns: the input's support), so its norm
+is at most the infinite one: ``K_hat[..., i, :] = K[..., i, :] / sqrt(s_i)`` is
+1-Lipschitz for every input size. A circular convolution's Gram matrix sums ``G`` over
+wrapped offsets, whose absolute row sums are ``<= s_i``: sound too. Reflect/symmetric
+padding copies pixels (norm > 1) and is refused.
+
+The layers are `ConstrainedKernel` layers: the rescaled kernel (times ``k_coef_lip``) is
+cached for inference and exported to a plain `keras.layers.Dense` / ``Conv2D``.
+
+Reference:
+    Prach, Lampert, "Almost-orthogonal layers for efficient general-purpose Lipschitz
+    networks", ECCV 2022.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from deel_lip._backend import eager_scope
+from deel_lip.layers.base import ConstrainedKernel
+from deel_lip.layers.dense import _DenseKernel
+from deel_lip.layers.pad_conv import PadConv2D, _check_unit_dilation_and_groups
+
+__all__ = ["AOLDense", "AOLConv2D", "gram_abs_sums", "schur_scales", "aol_rescale"]
+
+#: Paddings under which the AOL rescaling bounds the convolution (zero or circular).
+AOL_PADDINGS = ("same", "valid", "constant", "circular")
+#: Floor of the row sums: a zero input row of the kernel gets a finite scale (any scale
+#: is sound for it, and a larger sum only lowers the norm).
+_MIN_ROW_SUM = 1e-30
+
+
+def gram_abs_sums(kernel):
+    """``S_ij = sum_delta |G[delta, i, j]|``: the Gram matrix of the operator, on its input
+    channels, in absolute value and summed over spatial offsets.
+
+    Args:
+        kernel: a Dense kernel ``(n_in, n_out)`` (then ``S = |K K^T|``) or a 2D
+            convolution kernel ``(kh, kw, c_in, c_out)``.
+
+    Returns:
+        ``(c_in, c_in)`` symmetric tensor with non-negative entries.
+    """
+    if len(kernel.shape) == 2:
+        return ops.abs(ops.matmul(kernel, ops.transpose(kernel)))
+    if len(kernel.shape) != 4:
+        raise ValueError(
+            f"kernel must be a Dense (2D) or Conv2D (4D) kernel, received shape {kernel.shape}"
+        )
+    kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
+    # images: one per input channel i, K[:, :, i, :] with the c_out channels, zero-padded
+    # so that every offset delta in [-(k - 1), k - 1] is computed ("full" correlation)
+    images = ops.transpose(kernel, (2, 0, 1, 3))
+    images = ops.pad(images, [(0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)])
+    filters = ops.transpose(kernel, (0, 1, 3, 2))  # (kh, kw, c_out, c_in)
+    gram = ops.conv(images, filters, strides=1, padding="valid")  # (c_in, 2kh-1, 2kw-1, c_in)
+    return ops.sum(ops.abs(gram), axis=(1, 2))
+
+
+def schur_scales(sums, q=None):
+    """``t_i = sum_j S_ij q_j / q_i`` (``q = 1`` when None): ``S <= diag(t)``.
+
+    Args:
+        sums: ``(n, n)`` output of `gram_abs_sums`.
+        q: optional positive weights ``(n,)``.
+
+    Returns:
+        ``(n,)`` tensor, floored at a tiny positive value.
+    """
+    if q is None:
+        t = ops.sum(sums, axis=1)
+    else:
+        t = ops.matmul(sums, q) / q
+    return ops.maximum(t, ops.cast(_MIN_ROW_SUM, t.dtype))
+
+
+def aol_rescale(kernel):
+    """``K diag(d)`` on the input axis, ``d = schur_scales(gram_abs_sums(K)) ** -1/2``:
+    the operator has norm <= 1 (module docstring)."""
+    d = ops.rsqrt(schur_scales(gram_abs_sums(kernel)))
+    shape = [1] * len(kernel.shape)
+    shape[-2] = -1
+    return kernel * ops.reshape(d, shape)
+
+
+def refuse_lora(layer_name: str, kwargs: dict) -> None:
+    """Raise `ValueError` if ``lora_rank`` is given: a low-rank update of the raw kernel
+    would bypass nothing here, but its training would not be the rescaled kernel's."""
+    lora_rank = kwargs.pop("lora_rank", None)
+    if lora_rank is not None:
+        raise ValueError(
+            f"{layer_name} does not support LoRA: lora_rank must be None, received: {lora_rank!r}"
+        )
+
+
+class _AOLKernel(ConstrainedKernel):
+    """AOL rescaling as the normalisation of a `ConstrainedKernel`."""
+
+    def _normalize(self, kernel, state):
+        return aol_rescale(kernel) * ops.cast(self._coef(), kernel.dtype), {}
+
+    def lipschitz_bound(self) -> float:
+        """The layer's Lipschitz constant: ``k_coef_lip`` times the wrapper's factor."""
+        return self._get_coef()
+
+    def condense(self) -> None:
+        """Bring the raw kernel to the scale of the rescaled one; the function is unchanged.
+
+        AOL is invariant to the raw kernel's scale (``d(c K) = d(K) / c``) but not
+        idempotent, so the raw kernel is multiplied by ``||K_hat||_F / ||K||_F`` instead of
+        replaced: under Adam the raw scale sets the effective step size.
+        """
+        if not self.built:
+            return
+        with eager_scope():
+            w_bar = self._refresh()
+            raw = self._raw_kernel()
+            raw_norm = ops.sqrt(ops.sum(ops.square(raw.value)))
+            bar_norm = ops.sqrt(ops.sum(ops.square(w_bar))) / self._get_coef()
+            if float(raw_norm) > 0.0 and float(bar_norm) > 0.0:
+                raw.assign(raw.value * (bar_norm / raw_norm))
+            self._refresh()
+            self.cache_stale.assign(False)
+
+
+@keras.saving.register_keras_serializable("deel_lip")
+class AOLDense(_DenseKernel, _AOLKernel, keras.layers.Dense):
+    """Dense layer with an AOL-rescaled kernel, ``k_coef_lip``-Lipschitz.
+
+    ``W_hat = k_coef_lip * diag(d) W`` for the Keras kernel ``W`` (``n_in x n_out``, the
+    operator is ``W^T``), ``d_i = (sum_j |W W^T|_ij)^(-1/2)``: ``||W_hat||_2 <= k_coef_lip``
+    for any ``W`` (module docstring), equal when ``W`` has orthogonal rows or columns.
+    Cheaper than Bjorck (one ``n_in x n_in`` Gram matrix, no iteration); not gradient-norm
+    preserving in general, close to it after training (the paper's observation).
+
+    Args:
+        units: number of output units.
+        activation: as in `keras.layers.Dense` (likewise ``use_bias``, initializers,
+            regularizers and constraints; ``lora_rank`` is refused).
+        k_coef_lip: Lipschitz constant of the layer (> 0).
+
+    Input shape:
+        ``(batch, ..., input_dim)``.
+
+    Output shape:
+        ``(batch, ..., units)``.
+
+    Reference:
+        Prach, Lampert, "Almost-orthogonal layers for efficient general-purpose Lipschitz
+        networks", ECCV 2022.
+    """
+
+    def __init__(
+        self,
+        units,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="orthogonal",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        k_coef_lip=1.0,
+        **kwargs,
+    ):
+        refuse_lora(type(self).__name__, kwargs)
+        keras.layers.Dense.__init__(
+            self,
+            units,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            **kwargs,
+        )
+        self._init_constraint(k_coef_lip=k_coef_lip)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("lora_rank", None)
+        config.pop("lora_alpha", None)
+        return config
+
+
+@keras.saving.register_keras_serializable("deel_lip")
+class AOLConv2D(_AOLKernel, PadConv2D):
+    """2D convolution with an AOL-rescaled kernel, ``k_coef_lip``-Lipschitz for every
+    input size.
+
+    ``K_hat[..., i, :] = k_coef_lip * K[..., i, :] / sqrt(s_i)`` with
+    ``s_i = sum_{delta, j} |sum_{u, c} K[u, i, c] K[u + delta, j, c]|`` (the kernel's
+    cross-correlation with itself, over every spatial offset and input channel): the
+    zero-padded or circular convolution has operator norm <= ``k_coef_lip`` at every
+    input size and stride (module docstring).
+
+    Args:
+        filters: as in `keras.layers.Conv2D` (likewise ``kernel_size``, ``strides``,
+            ``data_format``, ``activation``, ``use_bias``, initializers, regularizers and
+            constraints).
+        padding: "same", "valid", "constant" (zero padding by ``((k - 1) // 2, k // 2)``)
+            or "circular"; reflect/symmetric copy pixels and are refused.
+        dilation_rate: must be 1.
+        k_coef_lip: Lipschitz constant of the layer (> 0).
+
+    Input shape:
+        4D tensor ``(batch, rows, cols, channels)`` (channels_last).
+
+    Output shape:
+        4D tensor ``(batch, new_rows, new_cols, filters)``.
+
+    Raises:
+        ValueError: for another padding, a dilation or groups other than 1, or a kernel
+            smaller than the stride on an axis (it would skip pixels; TensorFlow's oneDNN
+            CPU kernels also crash when training it).
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="same",
+        data_format=None,
+        dilation_rate=(1, 1),
+        activation=None,
+        use_bias=True,
+        kernel_initializer="orthogonal",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        k_coef_lip=1.0,
+        **kwargs,
+    ):
+        name = type(self).__name__
+        if not isinstance(padding, str) or padding.lower() not in AOL_PADDINGS:
+            raise ValueError(f"{name} padding must be one of {AOL_PADDINGS}, received: {padding!r}")
+        refuse_lora(name, kwargs)
+        PadConv2D.__init__(
+            self,
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            **kwargs,
+        )
+        _check_unit_dilation_and_groups(self)
+        if any(k < s for k, s in zip(self.kernel_size, self.strides)):
+            raise ValueError(
+                f"{name} needs kernel_size >= strides on every axis, received "
+                f"kernel_size={self.kernel_size} and strides={self.strides}"
+            )
+        self._init_constraint(k_coef_lip=k_coef_lip)
+
+    def _linear(self, inputs, kernel):
+        return self.convolution_op(inputs, kernel)
+
+    def _export_class(self):
+        return PadConv2D._export_class(self)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("lora_rank", None)
+        config.pop("lora_alpha", None)
+        return config
