@@ -21,6 +21,8 @@ from deel_lip.layers import (
     SpectralConv2DTranspose,
     SpectralDense,
 )
+from deel_lip.layers.aol import AOL_PADDINGS, AOLConv2D, AOLDense
+from deel_lip.layers.sll import SLLConv2D, SLLDense
 
 KERNELS_2D = [1, 2, 3, 5, (3, 1)]
 STRIDES_2D = [1, 2, 3, (2, 1)]
@@ -80,6 +82,38 @@ AXES = {
         "k_coef_lip": K_COEFS,
         "disjoint_neurons": [True, False],
     },
+    "AOLConv2D": {
+        "kernel_size": KERNELS_2D,
+        "strides": STRIDES_2D,
+        "padding": list(AOL_PADDINGS),
+        "channels": CHANNELS,
+        "size": SIZES_2D,
+        "k_coef_lip": K_COEFS,
+    },
+    "AOLDense": {
+        "channels": [(8, 20), (20, 8), (12, 12)],
+        "rank": [2, 3],
+        "k_coef_lip": K_COEFS,
+    },
+}
+
+#: Nonlinear residual blocks (SLL): checked through the exact norm of their linear part
+#: ``T^-1/2 W^T`` (the certificate) and Jacobians, not through one operator matrix.
+#: "hidden": hidden width (None: the input's), "channels": the input's features/channels.
+BLOCK_AXES = {
+    "SLLConv2D": {
+        "kernel_size": [1, 2, 3, 5, (3, 1)],
+        "hidden": [None, 2, 6],
+        "channels": [1, 3, 4],
+        "size": SIZES_2D,
+        "k_coef_lip": K_COEFS,
+    },
+    "SLLDense": {
+        "hidden": [None, 5, 30],
+        "channels": [8, 20],
+        "rank": [2, 3],
+        "k_coef_lip": K_COEFS,
+    },
 }
 
 #: Axes fully crossed by the slow sweep; the others cycle through their values.
@@ -98,22 +132,32 @@ def is_valid(kind: str, cfg: dict) -> bool:
     TensorFlow's CPU kernel rejects at call time
     (plain `keras.layers.Conv2DTranspose` too: AbortedError from oneDNN), so the layer
     refuses it at construction.
+
+    AOLConv2D refuses a kernel smaller than the stride (it would skip pixels).
     """
+    if kind == "AOLConv2D" and any(
+        k < s for k, s in zip(_pair(cfg["kernel_size"]), _pair(cfg["strides"]))
+    ):
+        return False
     if kind == "SpectralConv2DTranspose" and cfg["padding"] == "same":
         if cfg["output_padding"] == "max" and any(
             s == 1 and k % 2 == 0 for k, s in zip(_pair(cfg["kernel_size"]), _pair(cfg["strides"]))
         ):
             return False
-    if "kernel_size" not in cfg or cfg["padding"] != "valid":
+    if "kernel_size" not in cfg or cfg.get("padding") != "valid":
         return True
     size = cfg["size"]
     kernel = _pair(cfg["kernel_size"]) if len(size) == 2 else (cfg["kernel_size"],)
     return kind == "SpectralConv2DTranspose" or all(n >= k for n, k in zip(size, kernel))
 
 
+def _axes(kind: str) -> dict:
+    return AXES[kind] if kind in AXES else BLOCK_AXES[kind]
+
+
 def pairwise(kind: str) -> list[dict]:
     """Greedy all-pairs selection of valid configurations (deterministic)."""
-    axes = AXES[kind]
+    axes = _axes(kind)
     names = list(axes)
     combos = [
         dict(zip(names, values))
@@ -158,7 +202,7 @@ def trainable_pairwise(kind: str) -> list[dict]:
 
 def each_value(kind: str) -> list[dict]:
     """Greedy subset of `trainable_pairwise` in which every value of every axis appears."""
-    axes = AXES[kind]
+    axes = _axes(kind)
     candidates = trainable_pairwise(kind)
     uncovered = {(name, repr(cfg[name])) for cfg in candidates for name in axes}
     chosen = []
@@ -174,7 +218,7 @@ def each_value(kind: str) -> list[dict]:
 
 def sweep(kind: str) -> list[dict]:
     """Full product of the geometric axes (of all axes when small); the others cycle."""
-    axes = AXES[kind]
+    axes = _axes(kind)
     if np.prod([len(values) for values in axes.values()]) <= 200:
         geometric = list(axes)  # small enough: the full product
     else:
@@ -191,7 +235,7 @@ def sweep(kind: str) -> list[dict]:
 
 
 def case_id(kind: str, cfg: dict) -> str:
-    parts = [kind] + [f"{name}={cfg[name]}".replace(" ", "") for name in AXES[kind]]
+    parts = [kind] + [f"{name}={cfg[name]}".replace(" ", "") for name in _axes(kind)]
     return "-".join(parts)
 
 
@@ -205,6 +249,11 @@ def _normalization_args(cfg: dict) -> dict:
 
 def input_shape(kind: str, cfg: dict) -> tuple:
     """Shape of one input sample for the configuration."""
+    if kind in BLOCK_AXES:
+        c = cfg["channels"]
+        if kind == "SLLDense":
+            return (c,) if cfg["rank"] == 2 else (4, c)
+        return tuple(cfg["size"]) + (c,)
     c_in = cfg["channels"][0]
     if kind.endswith("Dense"):
         return (c_in,) if cfg["rank"] == 2 else (4, c_in)
@@ -213,8 +262,14 @@ def input_shape(kind: str, cfg: dict) -> tuple:
 
 def make_layer(kind: str, cfg: dict, name: str | None = None):
     """Unbuilt layer of the configuration."""
-    c_out = cfg["channels"][1]
     common = {"k_coef_lip": cfg["k_coef_lip"], "name": name}
+    if kind == "SLLDense":
+        return SLLDense(hidden_units=cfg["hidden"], **common)
+    if kind == "SLLConv2D":
+        return SLLConv2D(cfg["kernel_size"], hidden_filters=cfg["hidden"], **common)
+    c_out = cfg["channels"][1]
+    if kind == "AOLDense":
+        return AOLDense(c_out, **common)
     if kind == "SpectralDense":
         return SpectralDense(c_out, **common, **_normalization_args(cfg))
     if kind == "FrobeniusDense":
@@ -223,6 +278,8 @@ def make_layer(kind: str, cfg: dict, name: str | None = None):
     conv["padding"] = cfg["padding"]
     if kind == "FrobeniusConv2D":
         return FrobeniusConv2D(c_out, **conv, **common)
+    if kind == "AOLConv2D":
+        return AOLConv2D(c_out, **conv, **common)
     if kind == "SpectralConv2D":
         return SpectralConv2D(c_out, **conv, **common, **_normalization_args(cfg))
     if kind == "SpectralConv1D":
@@ -262,3 +319,4 @@ def is_tightness_reported(kind: str, cfg: dict) -> bool:
 
 
 KINDS: list[str] = list(AXES)
+BLOCK_KINDS: list[str] = list(BLOCK_AXES)

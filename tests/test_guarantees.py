@@ -22,6 +22,10 @@ with disjoint neurons: the norm of each output's row):
   printed (``pytest -rP`` or ``-s`` shows the ``TIGHTNESS`` lines), not asserted.
 
 The slow run adds the full product of the geometric axes for (a).
+
+The SLL residual blocks (nonlinear, `lipschitz_cases.BLOCK_AXES`) are checked through the
+exact norm of their linear part ``T^-1/2 W^T`` (<= 1), exact Jacobians and random pairs
+(<= ``k_coef_lip``), with random kernels, ``log q`` and biases.
 """
 
 import keras
@@ -143,6 +147,47 @@ def test_bjorck_orthogonalizes_a_non_orthogonal_kernel(kind):
             layer = _random_kernel_layer(kind, cfg, seed=i, conditioned=True)
             stage = "conditioned random kernel"
             failures += _check(kind, cfg, layer, stage, worst, bjorck=True)
+    assert not failures, "\n".join(failures)
+
+
+# ---------------------------------------------------------------- SLL residual blocks
+
+
+def _random_block(kind, cfg, seed):
+    """SLL block of the configuration with random kernel, log q (spread over e^+-4) and bias."""
+    layer = cases.make_layer(kind, cfg)
+    shape = cases.input_shape(kind, cfg)
+    layer.build((None,) + shape)
+    rng = np.random.default_rng(seed)
+    layer.kernel.assign((2.0 * rng.standard_normal(layer.kernel.shape)).astype("float32"))
+    layer.log_q.assign((2.0 * rng.standard_normal(layer.log_q.shape)).astype("float32"))
+    layer.bias.assign(rng.standard_normal(layer.bias.shape).astype("float32"))
+    return layer, shape, rng
+
+
+@pytest.mark.parametrize("kind", cases.BLOCK_KINDS)
+def test_exact_sll_linear_bound_and_jacobians(kind):
+    """SLL blocks are nonlinear; for a pairwise selection of configurations with random
+    parameters: the exact norm of the linear part ``T^-1/2 W^T`` (the block's certificate)
+    is <= 1, and the spectral norm of the exact Jacobian at 32 random points, and the ratio
+    ``||f(x) - f(y)|| / ||x - y||`` on 32 random pairs, are <= ``k_coef_lip``."""
+    failures, worst = [], {}
+    for i, cfg in enumerate(cases.pairwise(kind)):
+        layer, shape, rng = _random_block(kind, cfg, seed=i)
+        k, label = cfg["k_coef_lip"], cases.case_id(kind, cfg)
+        linear = np.linalg.norm(layer_operator_matrix(layer.linear_bound_map, shape), 2)
+        x = rng.standard_normal((32,) + shape).astype("float32")
+        y = rng.standard_normal((32,) + shape).astype("float32")
+        jac = ops.convert_to_numpy(batch_jacobian(layer, x)).astype(np.float64)
+        jacobian = max(np.linalg.norm(j, 2) for j in jac) / k
+        diff = ops.convert_to_numpy(layer(x) - layer(y)).reshape(32, -1)
+        pairs = np.linalg.norm(diff, axis=1) / np.linalg.norm((x - y).reshape(32, -1), axis=1)
+        measured = {"linear part (bound 1, not k)": linear, "jacobian / k": jacobian, "pairs / k": pairs.max() / k}
+        for stage, value in measured.items():
+            worst[stage] = max(worst.get(stage, 0.0), value)
+            if value > 1 + BOUND_TOL:
+                failures.append(f"{label} [{stage}]: {value:.8f} > 1")
+    _report(kind, worst)
     assert not failures, "\n".join(failures)
 
 

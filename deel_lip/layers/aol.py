@@ -38,8 +38,8 @@ from keras import ops
 
 from deel_lip._backend import eager_scope
 from deel_lip.layers.base import ConstrainedKernel
-from deel_lip.layers.dense import _DenseKernel
-from deel_lip.layers.pad_conv import PadConv2D, _check_unit_dilation_and_groups
+from deel_lip.layers.dense import DenseKernel
+from deel_lip.layers.pad_conv import PadConv2D, check_unit_dilation_and_groups
 
 __all__ = ["AOLDense", "AOLConv2D", "gram_abs_sums", "schur_scales", "aol_rescale"]
 
@@ -144,7 +144,7 @@ class _AOLKernel(ConstrainedKernel):
 
 
 @keras.saving.register_keras_serializable("deel_lip")
-class AOLDense(_DenseKernel, _AOLKernel, keras.layers.Dense):
+class AOLDense(DenseKernel, _AOLKernel, keras.layers.Dense):
     """Dense layer with an AOL-rescaled kernel, ``k_coef_lip``-Lipschitz.
 
     ``W_hat = k_coef_lip * diag(d) W`` for the Keras kernel ``W`` (``n_in x n_out``, the
@@ -284,7 +284,7 @@ class AOLConv2D(_AOLKernel, PadConv2D):
             bias_constraint=bias_constraint,
             **kwargs,
         )
-        _check_unit_dilation_and_groups(self)
+        check_unit_dilation_and_groups(self)
         if any(k < s for k, s in zip(self.kernel_size, self.strides)):
             raise ValueError(
                 f"{name} needs kernel_size >= strides on every axis, received "

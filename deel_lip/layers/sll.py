@@ -71,8 +71,9 @@ class _SLLBlock(keras.layers.Layer, LipschitzLayer, Condensable):
         variable_dtype = keras.backend.standardize_dtype(self.dtype_policy.variable_dtype)
         if variable_dtype in _TOO_NARROW_DTYPES:
             raise ValueError(
-                f"{type(self).__name__} needs float32 or float64 variables, received dtype "
-                f"policy {self.dtype_policy.name!r}"
+                f"{type(self).__name__} dtype must give float32 or float64 variables (use a "
+                f"mixed policy such as 'mixed_bfloat16'), received dtype policy "
+                f"{self.dtype_policy.name!r}"
             )
         if not isinstance(use_bias, bool):
             raise ValueError(
