@@ -182,7 +182,11 @@ def test_exact_sll_linear_bound_and_jacobians(kind):
         jacobian = max(np.linalg.norm(j, 2) for j in jac) / k
         diff = ops.convert_to_numpy(layer(x) - layer(y)).reshape(32, -1)
         pairs = np.linalg.norm(diff, axis=1) / np.linalg.norm((x - y).reshape(32, -1), axis=1)
-        measured = {"linear part (bound 1, not k)": linear, "jacobian / k": jacobian, "pairs / k": pairs.max() / k}
+        measured = {
+            "linear part (bound 1, not k)": linear,
+            "jacobian / k": jacobian,
+            "pairs / k": pairs.max() / k,
+        }
         for stage, value in measured.items():
             worst[stage] = max(worst.get(stage, 0.0), value)
             if value > 1 + BOUND_TOL:
