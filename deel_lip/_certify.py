@@ -1,6 +1,7 @@
-"""Certificate arithmetic shared by `deel_lip.metrics` and `deel_lip.robustness`.
+"""Certificate arithmetic shared by `deel_lip.metrics`, `deel_lip.robustness` and
+`deel_lip.xai` (a private module: its names are the library's internal API).
 
-Argument checks, the certificate factor ``c L`` and the signed margins (row by row, in at
+The certificate factor ``c L``, the signed margins (row by row, in at
 least float32, with label validation from `deel_lip.losses._labels`). See the
 `deel_lip.metrics` module docstring for the formulas.
 """
@@ -8,9 +9,9 @@ least float32, with label validation from `deel_lip.losses._labels`). See the
 from __future__ import annotations
 
 import math
-import numbers
 
 import keras
+import numpy as np
 from keras import ops
 
 from deel_lip.losses._labels import (
@@ -21,41 +22,24 @@ from deel_lip.losses._labels import (
     sign_rows,
 )
 
-__all__: list[str] = []
+__all__ = [
+    "certificate_factor",
+    "labels_to_class_ids",
+    "margin_from_ids",
+    "multiclass_margin",
+    "binary_margin",
+    "binary_margins",
+    "is_binary",
+    "class_targets",
+    "signed_margin",
+    "predict_logits",
+]
 
 
-# ------------------------------------------------------------------ argument checks
+# ------------------------------------------------------------------ certificate factor
 
 
-def _check_lip_const(lip_const) -> float:
-    if (
-        isinstance(lip_const, bool)
-        or not isinstance(lip_const, numbers.Real)
-        or not math.isfinite(lip_const)
-        or lip_const <= 0
-    ):
-        raise ValueError(f"lip_const must be a finite number > 0, received: {lip_const!r}")
-    return float(lip_const)
-
-
-def _check_epsilon(epsilon) -> float:
-    if (
-        isinstance(epsilon, bool)
-        or not isinstance(epsilon, numbers.Real)
-        or not math.isfinite(epsilon)
-        or epsilon < 0
-    ):
-        raise ValueError(f"epsilon must be a finite number >= 0, received: {epsilon!r}")
-    return float(epsilon)
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, received: {value!r}")
-    return value
-
-
-def _certificate_factor(lip_const: float, disjoint_neurons: bool) -> float:
+def certificate_factor(lip_const: float, disjoint_neurons: bool) -> float:
     """``c L`` with ``c = 2`` for disjoint neurons and ``c = sqrt(2)`` otherwise."""
     return (2.0 if disjoint_neurons else math.sqrt(2.0)) * lip_const
 
@@ -85,7 +69,7 @@ def _check_multiclass_pred(y_pred) -> int:
     return int(n_classes)
 
 
-def _class_ids(owner: str, y_true, y_pred):
+def labels_to_class_ids(owner: str, y_true, y_pred):
     """``(class ids (batch,) int32, valid rows (batch,) bool)``; eagerly, invalid raises."""
     n_classes = _check_multiclass_pred(y_pred)
     mislength(owner, y_true, y_pred)
@@ -111,7 +95,7 @@ def _class_ids(owner: str, y_true, y_pred):
     )
 
 
-def _margin_from_ids(class_ids, y_pred):
+def margin_from_ids(class_ids, y_pred):
     """``f_y - max_{j != y} f_j`` per row, in at least float32; NaN / inf stay in their row."""
     y_pred = ops.cast(y_pred, _margin_dtype(y_pred.dtype))
     mask = ops.one_hot(class_ids, y_pred.shape[-1], dtype="bool")
@@ -120,7 +104,7 @@ def _margin_from_ids(class_ids, y_pred):
     return true_score - best_other
 
 
-def _multiclass_margin(y_true, y_pred):
+def multiclass_margin(y_true, y_pred):
     """Signed margin ``f_y - max_{j != y} f_j`` of each sample, shape ``(batch,)``.
 
     ``y_pred`` has shape ``(batch, n_classes)`` with ``n_classes >= 2``. ``y_true`` is
@@ -129,11 +113,11 @@ def _multiclass_margin(y_true, y_pred):
     ``(batch,)`` or ``(batch, 1)``. Each row is computed on its own (a NaN row does not
     touch the others), in float32 for 16-bit predictions.
     """
-    class_ids, _ = _class_ids("labels", y_true, y_pred)
-    return _margin_from_ids(class_ids, y_pred)
+    class_ids, _ = labels_to_class_ids("labels", y_true, y_pred)
+    return margin_from_ids(class_ids, y_pred)
 
 
-def _binary_margin(y_true, y_pred):
+def binary_margin(y_true, y_pred):
     """Signed score ``s f(x)`` with ``s = +1`` for labels > 0, ``-1`` otherwise.
 
     Labels in {0, 1} and in {-1, +1} both work. ``y_pred`` has shape ``(batch,)`` or
@@ -149,7 +133,7 @@ def _binary_margin(y_true, y_pred):
     return ops.cast(sign, y_pred.dtype) * y_pred
 
 
-def _binary_margins(owner: str, y_true, y_pred):
+def binary_margins(owner: str, y_true, y_pred):
     """``(s f (batch, outputs), valid labels and finite f (batch, outputs))``.
 
     Binary ``(batch,)`` / ``(batch, 1)`` or multilabel ``(batch, outputs)`` predictions
@@ -176,3 +160,85 @@ def _binary_margins(owner: str, y_true, y_pred):
     sign = ops.where(y_true > 0, 1.0, -1.0)
     ok = ops.logical_and(ops.reshape(valid, (-1, 1)), ops.isfinite(y_pred))
     return ops.cast(sign, y_pred.dtype) * y_pred, ok
+
+
+# ------------------------------------------------------------------ labels of arrays
+# Used by `deel_lip.robustness` and `deel_lip.xai` (eager numpy validation).
+
+
+def is_binary(logits_shape) -> bool:
+    return len(logits_shape) == 1 or (len(logits_shape) == 2 and logits_shape[-1] == 1)
+
+
+def class_targets(labels, logits_shape) -> np.ndarray:
+    """Validated labels as class ids ``(n,)`` (multiclass) or signs in {-1, +1} (binary).
+
+    Multiclass labels are class ids ``(n,)`` / ``(n, 1)`` or one-hot ``(n, n_classes)``
+    (class = argmax). Binary labels are in {0, 1} or {-1, +1}, shape ``(n,)`` or ``(n, 1)``.
+    """
+    labels = np.asarray(keras.ops.convert_to_numpy(labels))
+    n = logits_shape[0]
+    if len(logits_shape) not in (1, 2):
+        raise ValueError(
+            "logits must have shape (n,), (n, 1) or (n, n_classes), "
+            f"received shape {tuple(logits_shape)}"
+        )
+    if labels.shape[:1] != (n,):
+        raise ValueError(
+            f"labels must have one entry per sample ({n}), received shape {labels.shape}"
+        )
+    if is_binary(logits_shape):
+        if labels.size != n:
+            raise ValueError(
+                f"binary labels must have shape ({n},) or ({n}, 1), received shape {labels.shape}"
+            )
+        present = set(np.unique(labels).tolist())
+        if not (present <= {0.0, 1.0} or present <= {-1.0, 1.0}):
+            raise ValueError(
+                "labels (y_true) must be binary labels in {0, 1} or in {-1, +1}, received "
+                f"values {sorted(present, key=str)[:6]} in labels of shape {labels.shape}"
+            )
+        return np.where(labels.reshape(n) > 0, 1.0, -1.0)
+    n_classes = logits_shape[-1]
+    if labels.shape == (n, n_classes):
+        finite = np.all(np.isfinite(labels), axis=-1)
+        top = np.max(np.where(np.isfinite(labels), labels, -np.inf), axis=-1, keepdims=True)
+        single = np.sum(labels == top, axis=-1) == 1
+        if not np.all(finite & single):
+            bad = int(np.flatnonzero(~(finite & single))[0])
+            raise ValueError(
+                "labels (y_true) must be one-hot rows with a single, finite maximum (not "
+                f"multi-hot), received row {bad}: {labels[bad].tolist()} in labels of shape "
+                f"{labels.shape}"
+            )
+        return np.argmax(labels, axis=-1).astype("int64")
+    if labels.size != n:
+        raise ValueError(
+            f"labels must be class ids of shape ({n},) or ({n}, 1) or one-hot of shape "
+            f"({n}, {n_classes}), received shape {labels.shape}"
+        )
+    ids = labels.reshape(n)
+    if ids.size and (
+        not np.all(np.equal(np.mod(ids, 1), 0)) or ids.min() < 0 or ids.max() >= n_classes
+    ):
+        raise ValueError(
+            f"labels (y_true) must be class ids: integers in [0, {n_classes}), received "
+            f"values in [{ids.min()}, {ids.max()}] (NaN: {bool(np.isnan(ids).any())})"
+        )
+    return ids.astype("int64")
+
+
+def signed_margin(logits, targets):
+    """Signed margin (tensor ``(n,)``) for targets from `class_targets`."""
+    if is_binary(tuple(logits.shape)):
+        return binary_margin(targets, logits)
+    return multiclass_margin(targets, logits)
+
+
+def predict_logits(model, x, batch_size: int) -> np.ndarray:
+    """``model(x, training=False)`` over batches, as a numpy array."""
+    outputs = [
+        ops.convert_to_numpy(model(x[start : start + batch_size], training=False))
+        for start in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(outputs, axis=0)

@@ -26,7 +26,6 @@ from deel_lip.normalizers import (
     DEFAULT_EPS_SPECTRAL,
     DEFAULT_MAXITER_BJORCK,
     DEFAULT_MAXITER_SPECTRAL,
-    _start_vector,  # noqa: F401 (imported from here by deel_lip.initializers)
     check_normalization_args,
     frobenius_normalization,
     reshaped_kernel_orthogonalization,

@@ -7,13 +7,13 @@ import math
 import keras
 from keras import ops
 
-from deel_lip.constraints import _start_vector
 from deel_lip.normalizers import (
     DEFAULT_BETA_BJORCK,
     DEFAULT_EPS_BJORCK,
     DEFAULT_EPS_SPECTRAL,
     check_normalization_args,
     reshaped_kernel_orthogonalization,
+    start_vector,
 )
 
 __all__ = ["SpectralInitializer"]
@@ -86,7 +86,7 @@ class SpectralInitializer(keras.initializers.Initializer):
         # Orthogonalise in at least float32 (the Bjorck polynomial loses accuracy below).
         work_dtype = "float64" if dtype == "float64" else "float32"
         w0 = ops.cast(self.base_initializer(shape, dtype=work_dtype), work_dtype)
-        u = _start_vector(min(math.prod(shape[:-1]), shape[-1]), work_dtype)
+        u = start_vector(min(math.prod(shape[:-1]), shape[-1]), work_dtype)
         w, _, _ = reshaped_kernel_orthogonalization(
             w0,
             u,

@@ -40,17 +40,13 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from deel_lip._certify import (  # noqa: F401  (re-exported for deel_lip.robustness / xai)
-    _binary_margin,
-    _binary_margins,
-    _certificate_factor,
-    _check_bool,
-    _check_epsilon,
-    _check_lip_const,
-    _class_ids,
-    _margin_from_ids,
-    _multiclass_margin,
+from deel_lip._certify import (
+    binary_margins,
+    certificate_factor,
+    labels_to_class_ids,
+    margin_from_ids,
 )
+from deel_lip._checks import check_bool, check_epsilon, check_lip_const
 
 __all__ = [
     "CategoricalProvableRobustAccuracy",
@@ -120,17 +116,17 @@ class _StreamingMean(keras.metrics.Metric):
 
 class _CategoricalMixin:
     def _signed_radius(self, y_true, y_pred):
-        class_ids, valid = _class_ids(self.name, y_true, y_pred)
-        margin = _margin_from_ids(class_ids, y_pred)
+        class_ids, valid = labels_to_class_ids(self.name, y_true, y_pred)
+        margin = margin_from_ids(class_ids, y_pred)
         finite = ops.all(ops.isfinite(ops.cast(y_pred, margin.dtype)), axis=-1)
-        factor = _certificate_factor(self.lip_const, self.disjoint_neurons)
+        factor = certificate_factor(self.lip_const, self.disjoint_neurons)
         ok = ops.logical_and(valid, finite)
         return ops.reshape(margin / factor, (-1, 1)), ops.reshape(ok, (-1, 1))
 
 
 class _BinaryMixin:
     def _signed_radius(self, y_true, y_pred):
-        margin, ok = _binary_margins(self.name, y_true, y_pred)
+        margin, ok = binary_margins(self.name, y_true, y_pred)
         return margin / self.lip_const, ok
 
 
@@ -188,9 +184,9 @@ class CategoricalProvableRobustAccuracy(_CategoricalMixin, _RobustAccuracyMixin,
         name="categorical_provable_robust_accuracy",
         dtype=None,
     ):
-        self.epsilon = _check_epsilon(epsilon)
-        self.lip_const = _check_lip_const(lip_const)
-        self.disjoint_neurons = _check_bool("disjoint_neurons", disjoint_neurons)
+        self.epsilon = check_epsilon(epsilon)
+        self.lip_const = check_lip_const(lip_const)
+        self.disjoint_neurons = check_bool("disjoint_neurons", disjoint_neurons)
         super().__init__(name=name, dtype=dtype, reduction=reduction)
 
     def get_config(self):
@@ -240,8 +236,8 @@ class BinaryProvableRobustAccuracy(_BinaryMixin, _RobustAccuracyMixin, _Streamin
         name="binary_provable_robust_accuracy",
         dtype=None,
     ):
-        self.epsilon = _check_epsilon(epsilon)
-        self.lip_const = _check_lip_const(lip_const)
+        self.epsilon = check_epsilon(epsilon)
+        self.lip_const = check_lip_const(lip_const)
         super().__init__(name=name, dtype=dtype, reduction=reduction)
 
     def get_config(self):
@@ -288,9 +284,9 @@ class CategoricalProvableAvgRobustness(_CategoricalMixin, _AvgRobustnessMixin, _
         name="categorical_provable_avg_robustness",
         dtype=None,
     ):
-        self.lip_const = _check_lip_const(lip_const)
-        self.disjoint_neurons = _check_bool("disjoint_neurons", disjoint_neurons)
-        self.negative_robustness = _check_bool("negative_robustness", negative_robustness)
+        self.lip_const = check_lip_const(lip_const)
+        self.disjoint_neurons = check_bool("disjoint_neurons", disjoint_neurons)
+        self.negative_robustness = check_bool("negative_robustness", negative_robustness)
         super().__init__(name=name, dtype=dtype, reduction=reduction)
 
     def get_config(self):
@@ -337,8 +333,8 @@ class BinaryProvableAvgRobustness(_BinaryMixin, _AvgRobustnessMixin, _StreamingM
         name="binary_provable_avg_robustness",
         dtype=None,
     ):
-        self.lip_const = _check_lip_const(lip_const)
-        self.negative_robustness = _check_bool("negative_robustness", negative_robustness)
+        self.lip_const = check_lip_const(lip_const)
+        self.negative_robustness = check_bool("negative_robustness", negative_robustness)
         super().__init__(name=name, dtype=dtype, reduction=reduction)
 
     def get_config(self):

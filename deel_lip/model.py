@@ -1,5 +1,9 @@
 """Model wrappers: `Sequential`, `Model`, and `vanilla_export` for any Keras model.
 
+Which layers are Lipschitz is decided by `layer_lipschitz_bound`: a layer's own
+``lipschitz_bound()`` (the public contract of `deel_lip.layers.base`), else the registry
+that `register_lipschitz` extends for plain Keras layers.
+
 `vanilla_export(model)` turns a trained deel_lip model into a plain Keras model: every
 constrained layer becomes its plain Keras counterpart (Dense, Conv1D, Conv2D,
 Conv2DTranspose) holding the cached constrained kernel, every other layer is copied with
@@ -15,58 +19,37 @@ from collections.abc import Iterable
 
 import keras
 
-from deel_lip.layers.base import LipschitzLayer
-from deel_lip.layers.resampling import InvertibleDownSampling, InvertibleUpSampling
-from deel_lip.layers.residual import BatchCentering, LayerCentering, LipResidual
+from deel_lip.layers.base import Condensable
 from deel_lip.normalizers import check_k_coef_lip
+from deel_lip.registry import layer_lipschitz_bound, register_lipschitz
 
-__all__ = ["Sequential", "Model", "vanilla_export", "vanillaModel", "condense"]
-
-#: Plain Keras layers that are 1-Lipschitz (no warning in `Sequential`).
-_ONE_LIPSCHITZ_KERAS_LAYERS = (
-    keras.layers.InputLayer,
-    keras.layers.Flatten,
-    keras.layers.Reshape,
-    keras.layers.Permute,
-    keras.layers.ReLU,
-    keras.layers.Cropping1D,
-    keras.layers.Cropping2D,
-    keras.layers.ZeroPadding1D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.Identity,
-    keras.layers.Softmax,  # 1-Lipschitz in L2 (its Jacobian diag(p) - p p^T has norm <= 1)
-)
-#: deel_lip layers without a Lipschitz constant argument that are 1-Lipschitz.
-_ONE_LIPSCHITZ_DEEL_LIP_LAYERS = (
-    InvertibleDownSampling,
-    InvertibleUpSampling,
-    LipResidual,
-    BatchCentering,
-    LayerCentering,
-)
-_ONE_LIPSCHITZ_ACTIVATIONS = (
-    "linear",
-    "relu",
-    "tanh",
-    "sigmoid",
-    "softsign",
-    "relu6",
-    "softmax",
-)
+__all__ = [
+    "Sequential",
+    "Model",
+    "vanilla_export",
+    "vanillaModel",
+    "condense",
+    "register_lipschitz",
+    "layer_lipschitz_bound",
+]
 
 
 def _is_known_lipschitz(layer) -> bool:
-    known = (LipschitzLayer, *_ONE_LIPSCHITZ_KERAS_LAYERS, *_ONE_LIPSCHITZ_DEEL_LIP_LAYERS)
-    if isinstance(layer, known):
-        return True
-    if isinstance(layer, keras.layers.Activation):
-        name = keras.activations.serialize(layer.activation)
-        return name in _ONE_LIPSCHITZ_ACTIVATIONS
-    return False
+    return layer_lipschitz_bound(layer) is not None
 
 
-def _lipschitz_layers(layers: Iterable) -> list:
-    return [layer for layer in layers if isinstance(layer, LipschitzLayer)]
+def _has_own_bound(layer) -> bool:
+    """Layers stating their bound themselves (deel_lip layers, third-party ones)."""
+    return not isinstance(layer, keras.Model) and callable(getattr(layer, "lipschitz_bound", None))
+
+
+def _scalable_layers(layers: Iterable) -> list:
+    """Layers a wrapper can give a factor: a bound of their own and `set_klip_factor`."""
+    return [
+        layer
+        for layer in layers
+        if _has_own_bound(layer) and callable(getattr(layer, "set_klip_factor", None))
+    ]
 
 
 def _sublayers(model) -> list:
@@ -80,18 +63,19 @@ def _sublayers(model) -> list:
 
 
 def _is_per_unit(layer) -> bool:
-    """Layers whose bound holds per output unit only (``FrobeniusDense`` with
-    ``disjoint_neurons=True`` and more than one unit): the layer as a whole is up to
-    ``k * sqrt(units)``-Lipschitz."""
-    return bool(getattr(layer, "disjoint_neurons", False)) and getattr(layer, "units", 1) > 1
+    """Layers whose bound holds per output unit only (``per_unit_bound``, e.g.
+    ``FrobeniusDense(disjoint_neurons=True)`` with more than one unit): the layer as a
+    whole is up to ``k * sqrt(units)``-Lipschitz."""
+    return _has_own_bound(layer) and bool(getattr(layer, "per_unit_bound", False))
 
 
 def _warn_per_unit(layer, follower) -> None:
+    units = getattr(layer, "units", None) or getattr(layer, "filters", "n")
     warnings.warn(
-        f"Layer {layer.name!r} ({type(layer).__name__}, disjoint_neurons=True, "
-        f"units={layer.units}) bounds each output unit separately, but the Lipschitz layer "
-        f"{follower.name!r} follows it: the model is then only guaranteed "
-        f"sqrt({layer.units}) times its constant. Use disjoint_neurons=False, or keep "
+        f"Layer {layer.name!r} ({type(layer).__name__}, per-unit bound, e.g. "
+        f"disjoint_neurons=True, units={units}) bounds each output unit separately, but the "
+        f"Lipschitz layer {follower.name!r} follows it: the model is then only guaranteed "
+        f"sqrt({units}) times its constant. Use disjoint_neurons=False, or keep "
         "per-unit layers last.",
         UserWarning,
         stacklevel=3,
@@ -112,25 +96,31 @@ def _downstream_layers(layer) -> list:
 
 
 def condense(model) -> None:
-    """Call `condense()` on every layer of ``model`` that has it (nested models too)."""
+    """Call `condense()` on every `Condensable` layer of ``model`` (nested models too)."""
     for layer in _sublayers(model):
-        if hasattr(layer, "condense") and not isinstance(layer, keras.Model):
+        if isinstance(layer, Condensable) and not isinstance(layer, keras.Model):
             layer.condense()
+
+
+def _exports_itself(layer) -> bool:
+    """Layers with their own ``vanilla_export()`` (`Condensable` ones, `PadConv2D`)."""
+    return callable(getattr(layer, "vanilla_export", None))
 
 
 def _export_layer(layer):
     if isinstance(layer, keras.Model):
         return vanilla_export(layer)
-    if hasattr(layer, "vanilla_export"):
+    if _exports_itself(layer):
         return layer.vanilla_export()
     config = layer.get_config()
-    if isinstance(layer, LipschitzLayer) and "k_coef_lip" in config:
+    scalable = bool(_scalable_layers([layer]))
+    if scalable and "k_coef_lip" in config:
         # a wrapper's factor (set_klip_factor) is not in the config: fold it into k_coef_lip
         # so that the copy, and the copy saved and loaded, compute the same map
-        config["k_coef_lip"] = layer._get_coef()
+        config["k_coef_lip"] = layer.lipschitz_bound()
     copy = layer.__class__.from_config(config)
-    if isinstance(layer, LipschitzLayer) and "k_coef_lip" not in config:
-        copy.set_klip_factor(layer._klip_factor)
+    if scalable and "k_coef_lip" not in config:
+        copy.set_klip_factor(getattr(layer, "klip_factor", 1.0))
     return copy
 
 
@@ -171,7 +161,7 @@ def vanilla_export(model: keras.Model) -> keras.Model:
     if not isinstance(model, keras.Sequential) and type(exported) is not keras.Model:
         exported = keras.Model(exported.inputs, exported.outputs, name=model.name)
     for layer in model.layers:
-        if isinstance(layer, keras.Model) or hasattr(layer, "vanilla_export"):
+        if isinstance(layer, keras.Model) or _exports_itself(layer):
             continue
         if layer.weights:
             exported.get_layer(layer.name).set_weights(layer.get_weights())
@@ -263,12 +253,17 @@ def vanillaModel(model: keras.Model) -> keras.Model:  # noqa: N802 (deel-lip's n
 class Sequential(_ExportMixin, keras.Sequential):
     """`keras.Sequential` that spreads a Lipschitz constant over its layers.
 
-    Each of the ``n`` Lipschitz layers gets the factor ``k_coef_lip ** (1 / n)``, so the
-    composition is ``k_coef_lip``-Lipschitz. A `UserWarning` names every layer that is not
-    known to be Lipschitz (it breaks the guarantee unless you know better), and every
-    per-unit layer (``FrobeniusDense(disjoint_neurons=True)``) followed by another layer
-    with a Lipschitz constant: a per-unit bound only covers the model as its last such
-    layer. The factors are spread again whenever the layer list changes (`add`, `pop`).
+    A layer is known to be Lipschitz when `layer_lipschitz_bound` finds its bound: its own
+    ``lipschitz_bound()`` method (every deel_lip layer, any third-party layer implementing
+    it) or the registry of `register_lipschitz` (plain Keras layers such as ``Flatten``,
+    ``ReLU``, 1-Lipschitz activations). Each of the ``n`` layers with their own bound and a
+    ``set_klip_factor`` method gets the factor ``k_coef_lip ** (1 / n)``, so the
+    composition of 1-Lipschitz layers is ``k_coef_lip``-Lipschitz. A `UserWarning` names
+    every layer that is not known to be Lipschitz (it breaks the guarantee unless you know
+    better), and every per-unit layer (``per_unit_bound``, e.g.
+    ``FrobeniusDense(disjoint_neurons=True)``) followed by another layer with its own
+    bound: a per-unit bound only covers the model as its last such layer. The factors are
+    spread again whenever the layer list changes (`add`, `pop`).
 
     Args:
         layers: list of layers.
@@ -292,10 +287,12 @@ class Sequential(_ExportMixin, keras.Sequential):
         if not _is_known_lipschitz(added):
             warnings.warn(
                 f"Layer {added.name!r} ({type(added).__name__}) is not known to be "
-                "Lipschitz: the model's Lipschitz guarantee does not cover it.",
+                "Lipschitz: the model's Lipschitz guarantee does not cover it (give it a "
+                "lipschitz_bound() method, or declare its class with "
+                "deel_lip.model.register_lipschitz).",
                 stacklevel=2,
             )
-        if isinstance(added, LipschitzLayer):
+        if _has_own_bound(added):
             for earlier in self._layers[:-1]:
                 if _is_per_unit(earlier):
                     _warn_per_unit(earlier, added)
@@ -307,7 +304,7 @@ class Sequential(_ExportMixin, keras.Sequential):
         The removed layer gets back its own constant (factor 1).
         """
         layer = super().pop(rebuild=rebuild)
-        if isinstance(layer, LipschitzLayer):
+        if _scalable_layers([layer]):
             layer.set_klip_factor(1.0)
         self._spread_lipschitz_constant()
         return layer
@@ -319,7 +316,7 @@ class Sequential(_ExportMixin, keras.Sequential):
         self._spread_lipschitz_constant()
 
     def _spread_lipschitz_constant(self) -> None:
-        lip_layers = _lipschitz_layers(self._layers)
+        lip_layers = _scalable_layers(self._layers)
         if not lip_layers:
             return
         factor = math.pow(self.k_coef_lip, 1.0 / len(lip_layers))
@@ -349,8 +346,9 @@ class Model(_ExportMixin, keras.Model):
     """`keras.Model` (functional or subclassed) with `condense()` and `vanilla_export()`.
 
     Use it exactly like `keras.Model(inputs, outputs)`. A functional model warns
-    (`UserWarning`) for every per-unit layer (``FrobeniusDense(disjoint_neurons=True)``)
-    from which another layer with a Lipschitz constant is reachable.
+    (`UserWarning`) for every per-unit layer (``per_unit_bound``, e.g.
+    ``FrobeniusDense(disjoint_neurons=True)``) from which another layer with its own
+    ``lipschitz_bound()`` is reachable.
     """
 
     def __init__(self, *args, **kwargs):
@@ -358,8 +356,6 @@ class Model(_ExportMixin, keras.Model):
         if hasattr(self, "_run_through_graph"):  # functional
             for layer in self.layers:
                 if _is_per_unit(layer):
-                    followers = [
-                        nxt for nxt in _downstream_layers(layer) if isinstance(nxt, LipschitzLayer)
-                    ]
+                    followers = [nxt for nxt in _downstream_layers(layer) if _has_own_bound(nxt)]
                     if followers:
                         _warn_per_unit(layer, followers[0])

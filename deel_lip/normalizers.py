@@ -97,10 +97,10 @@ def check_normalization_args(
     check_k_coef_lip(k_coef_lip)
 
 
-def check_k_coef_lip(k_coef_lip: float) -> None:
-    """Raise `ValueError` unless ``k_coef_lip`` is a finite number > 0."""
+def check_k_coef_lip(k_coef_lip: float, name: str = "k_coef_lip") -> None:
+    """Raise `ValueError` naming ``name`` unless ``k_coef_lip`` is a finite number > 0."""
     if not _is_positive_number(k_coef_lip) or not math.isfinite(k_coef_lip):
-        raise ValueError(f"k_coef_lip must be a finite number > 0, received: {k_coef_lip!r}")
+        raise ValueError(f"{name} must be a finite number > 0, received: {k_coef_lip!r}")
 
 
 def _is_number(value) -> bool:
@@ -144,15 +144,19 @@ def _right_multiply(matrix, poly):
 # ------------------------------------------------------------------ spectral norm
 
 
-def _safe_norm(x, axis=None, keepdims=False, floor: float = _TINY):
+def safe_norm(x, axis=None, keepdims=False, floor: float = _TINY):
     """``sqrt(max(sum x^2, floor^2))``: never a square root at 0, so the gradient is
     finite everywhere (``sqrt`` has an infinite derivative at 0, and ``max(sqrt(.), tiny)``
     multiplies it by 0: NaN)."""
     return ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=keepdims), floor**2))
 
 
+# The old private name, still imported by deel_lip.normalizers_conv (to be switched).
+_safe_norm = safe_norm
+
+
 def _normalize_rows(u):
-    return u / _safe_norm(u, axis=-1, keepdims=True)
+    return u / safe_norm(u, axis=-1, keepdims=True)
 
 
 def _prescale(x, axis=None):
@@ -222,11 +226,11 @@ def gram_iteration_bound(gram_matrix, scale=None, iterations: int = DEFAULT_GRAM
     a = gram_matrix / scale
     log_bound = ops.log(scale)
     for j in range(iterations):
-        norm = _safe_norm(a)
+        norm = safe_norm(a)
         log_bound = log_bound + ops.log(norm) / (2.0**j)
         a = a / norm
         a = ops.matmul(a, a)
-    norm = _safe_norm(a)
+    norm = safe_norm(a)
     log_bound = log_bound + ops.log(norm) / (2.0**iterations)
     return ops.exp(log_bound)
 
@@ -236,7 +240,7 @@ def _gershgorin_bound(gram_matrix):
     return ops.max(ops.sum(ops.abs(gram_matrix), axis=-1))
 
 
-def _start_vector(size: int, dtype="float32"):
+def start_vector(size: int, dtype="float32"):
     """Fixed ``(1, size)`` unit vector for a power iteration without a persisted one.
 
     Drawn from a seeded generator: deterministic, and almost surely not orthogonal to the
@@ -256,7 +260,7 @@ def _small_side_vector(matrix, u):
     rows, cols = matrix.shape
     small = min(rows, cols)
     if u is None:
-        return _start_vector(small, matrix.dtype), cols != small
+        return start_vector(small, matrix.dtype), cols != small
     u = ops.cast(ops.convert_to_tensor(u), matrix.dtype)
     if tuple(u.shape) == (1, small):
         return u, False
@@ -432,7 +436,7 @@ def frobenius_normalization(kernel, disjoint_neurons: bool = False, eps: float =
     """
     axes = tuple(range(len(kernel.shape) - 1)) if disjoint_neurons else None
     scaled, _ = _prescale(kernel, axis=axes)
-    return scaled / _safe_norm(scaled, axis=axes, keepdims=axes is not None, floor=eps)
+    return scaled / safe_norm(scaled, axis=axes, keepdims=axes is not None, floor=eps)
 
 
 # Convolution factors and deel-lip's convolution normaliser live in `normalizers_conv`.

@@ -23,7 +23,6 @@ import numpy as np
 from keras import ops
 
 from deel_lip import _backend
-from deel_lip.layers.base import ConstrainedKernel
 from deel_lip.losses import process_labels_for_multi_gpu  # deel-lip kept it in utils
 
 __all__ = [
@@ -60,16 +59,29 @@ SvFunction = Callable[[keras.layers.Layer, tuple | None], tuple]
 
 
 def _has_linear_part(layer) -> bool:
-    """True for the layers whose kernel-based linear map this module knows."""
-    return isinstance(layer, (ConstrainedKernel, keras.layers.Dense) + _CONV + _CONV_TRANSPOSE)
+    """True for the layers whose kernel-based linear map this module knows: any layer with
+    a ``linear_map`` method (the deel_lip layer contract), plain Keras Dense and
+    convolutions."""
+    if callable(getattr(layer, "linear_map", None)):
+        return True
+    return isinstance(layer, (keras.layers.Dense,) + _CONV + _CONV_TRANSPOSE)
 
 
 def _inference_kernel(layer):
     """The kernel the layer uses at ``training=False``, read without modifying the layer."""
-    if isinstance(layer, ConstrainedKernel):
+    current = getattr(layer, "current_constrained_kernel", None)
+    if callable(current):
         # The cache when current, else what the next inference call would compute.
-        return layer.current_constrained_kernel()
+        return current()
     return layer.kernel
+
+
+def _causal_padding(layer) -> list[tuple[int, int]]:
+    """Left padding ``dilation * (kernel - 1)`` of a causal 1D convolution."""
+    left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+    if layer.data_format == "channels_first":
+        return [(0, 0), (0, 0), (left, 0)]
+    return [(0, 0), (left, 0), (0, 0)]
 
 
 def _plain_linear(layer) -> Callable:
@@ -94,7 +106,7 @@ def _plain_linear(layer) -> Callable:
 
         def causal_conv(x, kernel):
             return ops.conv(
-                ops.pad(x, layer._compute_causal_padding()),
+                ops.pad(x, _causal_padding(layer)),
                 kernel,
                 strides=list(layer.strides),
                 padding="valid",
@@ -112,8 +124,13 @@ def _linear_function(layer_or_fn, dtype: str) -> Callable:
         layer = layer_or_fn
         if not layer.built:
             raise ValueError(f"Layer {layer.name!r} must be built to read its linear operator.")
-        kernel = ops.cast(_inference_kernel(layer), dtype)
-        linear = layer._linear if isinstance(layer, ConstrainedKernel) else _plain_linear(layer)
+        if callable(getattr(layer, "linear_map", None)):
+            if callable(getattr(layer, "current_constrained_kernel", None)):
+                kernel = ops.cast(layer.current_constrained_kernel(), dtype)
+                return lambda x: layer.linear_map(x, kernel)
+            return layer.linear_map
+        kernel = ops.cast(layer.kernel, dtype)
+        linear = _plain_linear(layer)
         return lambda x: linear(x, kernel)
     if isinstance(layer_or_fn, keras.layers.Layer):
         return lambda x: layer_or_fn(x, training=False)
@@ -149,9 +166,10 @@ def layer_operator_matrix(
     ``A[:, i] = flatten(f(e_i) - f(0))`` for the identity basis ``e_i`` of the flattened
     input, so that ``flatten(f(x)) = A flatten(x) + flatten(f(0))`` for an affine ``f``.
 
-    * Constrained layers (`deel_lip.layers`): ``f`` is the layer's linear map with the
-      kernel used at inference (the cached constrained kernel); bias and activation are
-      excluded. The layer is not modified.
+    * Layers with a ``linear_map`` method (`deel_lip.layers` constrained layers, any layer
+      following the contract): ``f`` is that linear map, with the kernel used at
+      inference (``current_constrained_kernel()``, the cache) when the layer has one; bias
+      and activation are excluded. The layer is not modified.
     * Plain `keras.layers.Dense`, ``Conv1D/2D/3D`` and ``Conv1D/2D/3DTranspose`` (and
       subclasses such as `deel_lip.layers.PadConv2D`): the same with their kernel.
     * Any other layer or callable is evaluated as is (layers with ``training=False``);
@@ -189,7 +207,14 @@ def layer_operator_matrix(
 
 
 def _build_input_shape(layer) -> tuple | None:
-    """Input shape (batch axis included) the layer was built or called with, if known."""
+    """Input shape (batch axis included) the layer was built or called with, if known.
+
+    deel_lip layers state it (``built_input_shape``); for plain Keras layers, which have
+    no public record of it, Keras's build record or the layer's symbolic input.
+    """
+    own = getattr(layer, "built_input_shape", None)
+    if own is not None:
+        return tuple(own)
     shapes = getattr(layer, "_build_shapes_dict", None) or {}
     shape = next(iter(shapes.values()), None)
     if shape is None:  # layers without weights record no build shape

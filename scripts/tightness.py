@@ -32,6 +32,7 @@ from pathlib import Path  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from deel_lip.callbacks import CondenseCallback  # noqa: E402
 from deel_lip.datasets import load_mnist, train_test_split  # noqa: E402
 from deel_lip.layers import (  # noqa: E402
     GroupSort2,
@@ -47,10 +48,18 @@ from deel_lip.utils import layer_operator_matrix  # noqa: E402
 N_TRAIN, N_TEST = 4_000, 1_000
 EPOCHS, BATCH_SIZE, LEARNING_RATE = 6, 128, 1e-3
 RADII = (0.5, 1.0, 1.58)
-#: conv_bound, optionally "+init": raw conv kernels initialised at the constrained scale
+#: conv_bound, then options: "+init": raw conv kernels initialised at the constrained scale
 #: (``condense()`` after building: the raw kernel becomes the constrained one, so Adam's
-#: steps have the size the learning rate sets relative to the kernel used).
-BOUNDS = ("coverage", "frequency", "frequency+init")
+#: steps have the size the learning rate sets relative to the kernel used); "+epoch":
+#: `CondenseCallback` at the end of every epoch; "+everyN": condense every N batches.
+BOUNDS = (
+    "coverage",
+    "frequency",
+    "frequency+init",
+    "frequency+init+epoch",
+    "frequency+init+every10",
+    "frequency+init+every100",
+)
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 
@@ -72,6 +81,19 @@ def reference_cnn(conv_bound: str) -> Sequential:
     )
 
 
+class EveryNBatches(keras.callbacks.Callback):
+    """`condense()` every constrained layer every ``n`` training batches."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n, self.count = n, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.count += 1
+        if self.count % self.n == 0:
+            self.model.condense()
+
+
 class EpochTimer(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.seconds = []
@@ -86,20 +108,26 @@ class EpochTimer(keras.callbacks.Callback):
 def _fit(conv_bound, data, seed, epochs, jit_compile):
     x_train, y_train = data[:2]
     keras.utils.set_random_seed(seed)
-    model = reference_cnn(conv_bound.split("+")[0])
-    if conv_bound.endswith("+init"):
+    options = conv_bound.split("+")
+    model = reference_cnn(options[0])
+    if "init" in options:
         for layer in model.layers:
             if isinstance(layer, SpectralConv2D):
                 layer.condense()
+    callbacks = [EpochTimer()]
+    if "epoch" in options:
+        callbacks.append(CondenseCallback(on_epoch=True))
+    for option in options:
+        if option.startswith("every"):
+            callbacks.append(EveryNBatches(int(option[len("every") :])))
     model.compile(
         optimizer=keras.optimizers.Adam(LEARNING_RATE),
         loss=MulticlassHKR(alpha=50.0, min_margin=0.3),
         jit_compile=jit_compile,
     )
-    timer = EpochTimer()
     y = keras.utils.to_categorical(y_train, 10)
-    model.fit(x_train, y, batch_size=BATCH_SIZE, epochs=epochs, verbose=0, callbacks=[timer])
-    return model, timer.seconds
+    model.fit(x_train, y, batch_size=BATCH_SIZE, epochs=epochs, verbose=0, callbacks=callbacks)
+    return model, callbacks[0].seconds
 
 
 def _exact_norms(model) -> list[float]:

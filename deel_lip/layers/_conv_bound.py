@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from deel_lip.layers.pad_conv import _check_unit_dilation_and_groups
+from deel_lip.layers.pad_conv import check_unit_dilation_and_groups
 from deel_lip.normalizers import conv_lipschitz_factor
 from deel_lip.normalizers_conv import padding_operator_norm
 from deel_lip.normalizers_freq import conv_frequency_bound
@@ -44,7 +44,7 @@ def check_conv_bound(conv_bound) -> str:
 
 def spectral_conv_init(layer, lipschitz_args, conv_bound) -> None:
     """Checks and Lipschitz arguments of a Bjorck-normalised convolution."""
-    _check_unit_dilation_and_groups(layer)
+    check_unit_dilation_and_groups(layer)
     layer._init_spectral(**lipschitz_args)
     layer._init_conv_bound(conv_bound)
 

@@ -1,4 +1,7 @@
-"""The one mechanism behind every constrained-kernel layer.
+"""The one mechanism behind every constrained-kernel layer (`ConstrainedKernel`).
+
+The public contract every deel_lip layer follows (`lipschitz_bound()`, `Condensable`,
+`linear_map`) is in `deel_lip.layers.contract`, re-exported here.
 
 A constrained layer subclasses its Keras counterpart and `ConstrainedKernel`. It declares
 three things and nothing else:
@@ -12,8 +15,10 @@ three things and nothing else:
 
 `ConstrainedKernel` owns the rest: the persisted state (power-iteration vector, cached
 constrained kernel), the training/inference split (``training=False`` reads the cache,
-no normalisation cost), `condense()`, `vanilla_export()`, `get_config()` plumbing and
-`.keras` save/load of the whole state.
+no normalisation cost), `condense()` (also once at build, so the raw kernel starts at the
+constrained scale: ``condense_on_build``), `vanilla_export()`, `get_config()` plumbing and
+`.keras` save/load of the whole state, and the refusal of Keras arguments it cannot honour
+(LoRA, quantization).
 
 The cache is kept current by a flag, never by a host round trip: a training call
 refreshes the cache from the weights it sees and raises the flag (the optimizer step that
@@ -38,52 +43,31 @@ from deel_lip._backend import (
     no_autocast,
     num_replicas_in_sync,
 )
-from deel_lip.normalizers import check_k_coef_lip
+from deel_lip._checks import check_bool
+from deel_lip.layers.contract import (
+    Condensable,
+    LipschitzBounded,
+    LipschitzLayer,
+    refuse_unsupported_keras_arguments,
+)
 
-__all__ = ["LipschitzLayer", "Condensable", "ConstrainedKernel"]
+__all__ = [
+    "LipschitzBounded",
+    "LipschitzLayer",
+    "Condensable",
+    "ConstrainedKernel",
+    "refuse_unsupported_keras_arguments",
+]
 
 # Distributed training: every replica computes the same state, keep the first one.
 _STATE_AGGREGATION = "only_first_replica"
-# Variable dtypes whose rounding (1e-2 to 1e-3) would void the bound.
-_TOO_NARROW_DTYPES = ("float16", "bfloat16")
 
 
-class LipschitzLayer:
-    """Mixin for layers with a Lipschitz constant ``k_coef_lip`` (deel-lip's name).
-
-    `deel_lip.model.Sequential` spreads a model-level constant over these layers with
-    `set_klip_factor`.
-    """
-
-    def _init_lipschitz(self, k_coef_lip: float = 1.0) -> None:
-        check_k_coef_lip(k_coef_lip)
-        self.k_coef_lip = float(k_coef_lip)
-        self._klip_factor = 1.0
-
-    def set_klip_factor(self, klip_factor: float) -> None:
-        """Multiply the layer's constant by ``klip_factor`` (set by a model wrapper)."""
-        check_k_coef_lip(klip_factor)
-        self._klip_factor = float(klip_factor)
-        self._on_lipschitz_change()
-
-    def _on_lipschitz_change(self) -> None:
-        """Hook for layers that cache something depending on the constant."""
-
-    def _get_coef(self) -> float:
-        """Effective Lipschitz constant: ``k_coef_lip * klip_factor``."""
-        return self.k_coef_lip * self._klip_factor
-
-
-class Condensable:
-    """Layers whose training-time parametrisation can be frozen and exported."""
-
-    def condense(self) -> None:
-        """Refresh the inference state from the current weights."""
-        raise NotImplementedError
-
-    def vanilla_export(self) -> keras.layers.Layer:
-        """Return an equivalent plain Keras layer (no constraint, no overhead)."""
-        raise NotImplementedError
+def _has_eager_value(variable) -> bool:
+    """Whether the variable can be read outside the trace (a variable created inside a
+    user's `tf.function` reads as an empty array until that function runs)."""
+    value = eager_value(variable)
+    return value is not None and value.shape == tuple(variable.shape)
 
 
 class ConstrainedKernel(LipschitzLayer, Condensable):
@@ -92,6 +76,14 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
     Subclasses list this class *before* the Keras layer class, call the Keras
     ``__init__`` then `_init_constraint(**lipschitz_args)`, and implement `_normalize`,
     `_state_shapes`, `_lipschitz_factor`, `_linear`, `_export_class`.
+
+    Public contract: `lipschitz_bound()`, `condense()`, `vanilla_export()`,
+    `current_constrained_kernel()`, `linear_map(inputs, kernel=None)`,
+    `built_input_shape`. At build the layer calls its own `condense()` once (unless
+    ``condense_on_build=False``): the trainable kernel starts at the constrained kernel's
+    scale, so Adam's steps, which do not scale with the weights, have the size the
+    learning rate sets relative to the kernel actually used (the constrained kernel is
+    invariant to the raw kernel's scale; docs/guide/tight_convolutions.md measures it).
     """
 
     # ------------------------------------------------------------ declarations
@@ -118,19 +110,38 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
 
     # ------------------------------------------------------------ construction
 
-    def _init_constraint(self, k_coef_lip: float = 1.0, **normalization_args) -> None:
-        """Store the Lipschitz arguments; they all go to `get_config`."""
-        variable_dtype = keras.backend.standardize_dtype(self.dtype_policy.variable_dtype)
-        if variable_dtype in _TOO_NARROW_DTYPES:
-            raise ValueError(
-                f"{type(self).__name__} needs float32 or float64 variables (its normalisation "
-                f"is not exact in 16 bits): use a mixed policy such as 'mixed_bfloat16', "
-                f"received dtype policy {self.dtype_policy.name!r}"
-            )
+    def _init_constraint(
+        self, k_coef_lip: float = 1.0, condense_on_build=None, **normalization_args
+    ) -> None:
+        """Refuse what the layer cannot honour; store the Lipschitz arguments (all go to
+        `get_config`). ``condense_on_build``: None (the default, True, not in the config:
+        for layers whose constructor does not take it) or a bool (stored in the config)."""
+        refuse_unsupported_keras_arguments(self)
         self._init_lipschitz(k_coef_lip)
         self._lipschitz_args = dict(normalization_args)
+        if condense_on_build is None:
+            self.condense_on_build = True
+        else:
+            self.condense_on_build = check_bool("condense_on_build", condense_on_build)
+            self._lipschitz_args["condense_on_build"] = condense_on_build
         for name, value in normalization_args.items():
             setattr(self, name, value)
+
+    def enable_lora(self, *args, **kwargs):
+        """Refused: a low-rank update would bypass the constraint (see the class docstring)."""
+        raise ValueError(
+            f"{type(self).__name__} does not support LoRA: its kernel is reparametrised by "
+            "the Lipschitz constraint, which a low-rank update of the raw kernel would "
+            f"bypass; lora_rank must be None, received enable_lora{args or ''}"
+        )
+
+    def quantize(self, mode=None, *args, **kwargs):
+        """Refused: quantized kernels do not keep the exact Lipschitz bound."""
+        raise ValueError(
+            f"{type(self).__name__} cannot be quantized (mode={mode!r}): the quantized kernel "
+            "would not keep the Lipschitz bound. Quantize the plain Keras model of "
+            "vanilla_export() instead, knowing the bound is then approximate."
+        )
 
     def _raw_kernel(self):
         kernel = getattr(self, "_kernel", None)
@@ -140,6 +151,24 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
         """Exact input rank the layer accepts (None: any rank Keras accepts)."""
         rank = getattr(self, "rank", None)
         return None if rank is None else rank + 2
+
+    @property
+    def built_input_shape(self) -> tuple | None:
+        """The input shape (batch axis included) the layer was built with; None unbuilt."""
+        return getattr(self, "_lip_input_shape", None)
+
+    def linear_map(self, inputs, kernel=None):
+        """The layer's linear part ``A x`` (bias and activation excluded).
+
+        Args:
+            inputs: a batch of inputs.
+            kernel: the kernel to use; default `current_constrained_kernel()` (the one
+                inference uses), cast to the inputs' dtype.
+        """
+        if kernel is None:
+            kernel = self.current_constrained_kernel()
+        inputs = ops.convert_to_tensor(inputs)
+        return self._linear(inputs, ops.cast(kernel, inputs.dtype))
 
     def build(self, input_shape):
         ndim = self._expected_input_ndim()
@@ -182,12 +211,18 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
             aggregation=_STATE_AGGREGATION,
         )
         self.built = True
-        # Built inside a traced function (e.g. an unbuilt Sequential's first `fit` step),
-        # the variables have no eager value yet: they start stale, so the first inference
-        # call computes the cache.
-        if executing_eagerly():
-            self._refresh()
-            self.cache_stale.assign(False)
+        # Built inside a traced function (e.g. an unbuilt Sequential's first `fit` trace),
+        # the variables usually have an eager value already (Keras creates them eagerly):
+        # the cache and the raw kernel's scale are then set now, outside the trace. A
+        # variable without an eager value yet leaves the cache stale (the first inference
+        # call computes it) and the raw kernel at its initializer's scale.
+        if executing_eagerly() or _has_eager_value(kernel):
+            with eager_scope():
+                if self.condense_on_build:
+                    self.condense()
+                else:
+                    self._refresh()
+                    self.cache_stale.assign(False)
 
     @property
     def _cache_ready(self) -> bool:

@@ -40,7 +40,8 @@ class SpectralConv2DTranspose(ConvBound, SpectralKernel, keras.layers.Conv2DTran
             ``data_format``, ``activation``, ``use_bias``, ...).
         dilation_rate: must be 1.
         k_coef_lip: as in `deel_lip.layers.SpectralDense` (likewise ``eps_spectral``,
-            ``eps_bjorck``, ``beta_bjorck``, ``maxiter_spectral``, ``maxiter_bjorck``).
+            ``eps_bjorck``, ``beta_bjorck``, ``maxiter_spectral``, ``maxiter_bjorck``,
+            ``condense_on_build``).
 
     Platform limits (TensorFlow 2.20 CPU, oneDNN; plain `keras.layers.Conv2DTranspose`
     alike): an explicit ``output_padding`` of 0 with "same" padding on an axis with an
@@ -76,6 +77,7 @@ class SpectralConv2DTranspose(ConvBound, SpectralKernel, keras.layers.Conv2DTran
         maxiter_spectral=DEFAULT_MAXITER_SPECTRAL,
         maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
         conv_bound="frequency",
+        condense_on_build=True,
         **kwargs,
     ):
         keras.layers.Conv2DTranspose.__init__(
@@ -107,6 +109,7 @@ class SpectralConv2DTranspose(ConvBound, SpectralKernel, keras.layers.Conv2DTran
                 beta_bjorck=beta_bjorck,
                 maxiter_spectral=maxiter_spectral,
                 maxiter_bjorck=maxiter_bjorck,
+                condense_on_build=condense_on_build,
             ),
             conv_bound,
         )

@@ -31,11 +31,9 @@ from deel_lip.layers.pad_conv import (  # noqa: F401  (re-exported)
     KERAS_PADDINGS,
     PAD_CONV_PADDINGS,
     PadConv2D,
-    _check_unit_dilation_and_groups,
-    _circular_pad,
-    _pad_amounts,
     apply_padding,
     check_padding_fits,
+    check_unit_dilation_and_groups,
 )
 from deel_lip.normalizers import (
     DEFAULT_BETA_BJORCK,
@@ -153,6 +151,10 @@ class SpectralConv2D(_ConvKernel, SpectralKernel, PadConv2D):
             ``eps_bjorck``, ``beta_bjorck``, ``maxiter_spectral``, ``maxiter_bjorck``).
         conv_bound: "frequency" (default, tight) or "coverage" (the factor of
             `deel_lip.normalizers.conv_lipschitz_factor`; loose); see the module docstring.
+        condense_on_build: at build, set the raw kernel to its constrained kernel (as
+            `condense()`; the function is unchanged), so the optimizer's steps are sized
+            relative to the kernel actually used (default True; see
+            docs/guide/tight_convolutions.md).
 
     Input shape:
         4D tensor ``(batch, rows, cols, channels)`` (channels_last).
@@ -185,6 +187,7 @@ class SpectralConv2D(_ConvKernel, SpectralKernel, PadConv2D):
         maxiter_spectral=DEFAULT_MAXITER_SPECTRAL,
         maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
         conv_bound="frequency",
+        condense_on_build=True,
         **kwargs,
     ):
         PadConv2D.__init__(
@@ -215,6 +218,7 @@ class SpectralConv2D(_ConvKernel, SpectralKernel, PadConv2D):
                 beta_bjorck=beta_bjorck,
                 maxiter_spectral=maxiter_spectral,
                 maxiter_bjorck=maxiter_bjorck,
+                condense_on_build=condense_on_build,
             ),
             conv_bound,
         )
@@ -255,6 +259,7 @@ class FrobeniusConv2D(_ConvKernel, FrobeniusKernel, PadConv2D):
         bias_constraint=None,
         k_coef_lip=1.0,
         conv_bound="frequency",
+        condense_on_build=True,
         **kwargs,
     ):
         PadConv2D.__init__(
@@ -276,10 +281,10 @@ class FrobeniusConv2D(_ConvKernel, FrobeniusKernel, PadConv2D):
             bias_constraint=bias_constraint,
             **kwargs,
         )
-        _check_unit_dilation_and_groups(self)
-        self._init_frobenius(k_coef_lip, disjoint_neurons=False)
+        check_unit_dilation_and_groups(self)
+        self._init_frobenius(k_coef_lip, False, condense_on_build)
         # disjoint neurons make no sense for convolutions: keep the config minimal
-        self._lipschitz_args = {}
+        del self._lipschitz_args["disjoint_neurons"]
         self._init_conv_bound(conv_bound)
 
     def _export_class(self):
@@ -325,6 +330,7 @@ class SpectralConv1D(_ConvKernel, SpectralKernel, keras.layers.Conv1D):
         maxiter_spectral=DEFAULT_MAXITER_SPECTRAL,
         maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
         conv_bound="frequency",
+        condense_on_build=True,
         **kwargs,
     ):
         keras.layers.Conv1D.__init__(
@@ -355,6 +361,7 @@ class SpectralConv1D(_ConvKernel, SpectralKernel, keras.layers.Conv1D):
                 beta_bjorck=beta_bjorck,
                 maxiter_spectral=maxiter_spectral,
                 maxiter_bjorck=maxiter_bjorck,
+                condense_on_build=condense_on_build,
             ),
             conv_bound,
         )

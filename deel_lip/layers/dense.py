@@ -17,8 +17,9 @@ from deel_lip.normalizers import (
 __all__ = ["SpectralDense", "FrobeniusDense"]
 
 
-class _DenseKernel:
-    """What a constrained Dense declares: its linear map and its export class."""
+class DenseKernel:
+    """What a constrained Dense declares: its linear map and its export class (a mixin
+    for any `ConstrainedKernel` subclass of `keras.layers.Dense`)."""
 
     def _linear(self, inputs, kernel):
         return ops.matmul(inputs, kernel)
@@ -28,7 +29,7 @@ class _DenseKernel:
 
 
 @keras.saving.register_keras_serializable("deel_lip")
-class SpectralDense(_DenseKernel, SpectralKernel, keras.layers.Dense):
+class SpectralDense(DenseKernel, SpectralKernel, keras.layers.Dense):
     """Dense layer with an orthogonal kernel scaled to ``k_coef_lip``.
 
     ``W_bar = k_coef_lip * bjorck(W / sigma)``: every singular value of ``W_bar`` is at
@@ -48,6 +49,10 @@ class SpectralDense(_DenseKernel, SpectralKernel, keras.layers.Dense):
         beta_bjorck: Bjorck coefficient in (0, 0.5].
         maxiter_spectral: maximum power iterations per step.
         maxiter_bjorck: maximum Bjorck iterations per step.
+        condense_on_build: at build, set the raw kernel to its constrained kernel (as
+            `condense()`; the function is unchanged), so the optimizer's steps are sized
+            relative to the kernel actually used (default True; see
+            docs/guide/tight_convolutions.md).
 
     Input shape:
         ``(batch, ..., input_dim)``.
@@ -77,6 +82,7 @@ class SpectralDense(_DenseKernel, SpectralKernel, keras.layers.Dense):
         beta_bjorck=DEFAULT_BETA_BJORCK,
         maxiter_spectral=DEFAULT_MAXITER_SPECTRAL,
         maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
+        condense_on_build=True,
         **kwargs,
     ):
         keras.layers.Dense.__init__(
@@ -94,12 +100,18 @@ class SpectralDense(_DenseKernel, SpectralKernel, keras.layers.Dense):
             **kwargs,
         )
         self._init_spectral(
-            k_coef_lip, eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck
+            k_coef_lip,
+            eps_spectral,
+            eps_bjorck,
+            beta_bjorck,
+            maxiter_spectral,
+            maxiter_bjorck,
+            condense_on_build,
         )
 
 
 @keras.saving.register_keras_serializable("deel_lip")
-class FrobeniusDense(_DenseKernel, FrobeniusKernel, keras.layers.Dense):
+class FrobeniusDense(DenseKernel, FrobeniusKernel, keras.layers.Dense):
     """Dense layer whose kernel is divided by its Frobenius norm.
 
     ``W_bar = k_coef_lip * W / ||W||_F`` makes the whole layer ``k_coef_lip``-Lipschitz.
@@ -114,6 +126,10 @@ class FrobeniusDense(_DenseKernel, FrobeniusKernel, keras.layers.Dense):
         units, activation, use_bias, ...: as in `keras.layers.Dense`.
         disjoint_neurons: normalise each output unit separately.
         k_coef_lip: Lipschitz constant (> 0).
+        condense_on_build: at build, set the raw kernel to its constrained kernel (as
+            `condense()`; the function is unchanged), so the optimizer's steps are sized
+            relative to the kernel actually used (default True; see
+            docs/guide/tight_convolutions.md).
 
     Input shape:
         ``(batch, ..., input_dim)``.
@@ -136,6 +152,7 @@ class FrobeniusDense(_DenseKernel, FrobeniusKernel, keras.layers.Dense):
         bias_constraint=None,
         disjoint_neurons=True,
         k_coef_lip=1.0,
+        condense_on_build=True,
         **kwargs,
     ):
         keras.layers.Dense.__init__(
@@ -152,4 +169,8 @@ class FrobeniusDense(_DenseKernel, FrobeniusKernel, keras.layers.Dense):
             bias_constraint=bias_constraint,
             **kwargs,
         )
-        self._init_frobenius(k_coef_lip, disjoint_neurons)
+        self._init_frobenius(k_coef_lip, disjoint_neurons, condense_on_build)
+
+
+# The old private name, still imported by deel_lip.layers.aol (to be switched to the public one).
+_DenseKernel = DenseKernel

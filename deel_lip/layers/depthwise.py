@@ -70,6 +70,10 @@ class SpectralDepthwiseConv2D(ConstrainedKernel, keras.layers.DepthwiseConv2D):
         conv_bound: "frequency" (default: ``bound_c`` is the frequency-domain bound of
             channel ``c``'s convolution) or "coverage" (``bound_c = factor * n_c``, the
             behaviour of configs saved without the key).
+        condense_on_build: at build, set the raw kernel to its constrained kernel (as
+            `condense()`; the function is unchanged), so the optimizer's steps are sized
+            relative to the kernel actually used (default True; see
+            docs/guide/tight_convolutions.md).
 
     Raises:
         ValueError: naming the argument, for a padding other than "same"/"valid", a
@@ -101,6 +105,7 @@ class SpectralDepthwiseConv2D(ConstrainedKernel, keras.layers.DepthwiseConv2D):
         eps_spectral=1e-3,
         maxiter_spectral=10,
         conv_bound="frequency",
+        condense_on_build=True,
         **kwargs,
     ):
         if not isinstance(padding, str) or padding.lower() not in _PADDINGS:
@@ -143,6 +148,7 @@ class SpectralDepthwiseConv2D(ConstrainedKernel, keras.layers.DepthwiseConv2D):
             )
         self._init_constraint(
             k_coef_lip=k_coef_lip,
+            condense_on_build=condense_on_build,
             filterwise_normalisation=filterwise_normalisation,
             orthogonal=False,
             ortho_niter=ortho_niter,

@@ -33,12 +33,14 @@ class SpectralKernel(ConstrainedKernel):
         beta_bjorck: float = DEFAULT_BETA_BJORCK,
         maxiter_spectral: int = DEFAULT_MAXITER_SPECTRAL,
         maxiter_bjorck: int = DEFAULT_MAXITER_BJORCK,
+        condense_on_build=None,
     ) -> None:
         check_normalization_args(
             eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck, k_coef_lip
         )
         self._init_constraint(
             k_coef_lip=k_coef_lip,
+            condense_on_build=condense_on_build,
             eps_spectral=eps_spectral,
             eps_bjorck=eps_bjorck,
             beta_bjorck=beta_bjorck,
@@ -69,10 +71,23 @@ class SpectralKernel(ConstrainedKernel):
 class FrobeniusKernel(ConstrainedKernel):
     """Kernel divided by its Frobenius norm (``disjoint_neurons``: per output unit)."""
 
-    def _init_frobenius(self, k_coef_lip: float = 1.0, disjoint_neurons: bool = False) -> None:
+    def _init_frobenius(
+        self, k_coef_lip: float = 1.0, disjoint_neurons: bool = False, condense_on_build=None
+    ) -> None:
         if not isinstance(disjoint_neurons, bool):
             raise ValueError(f"disjoint_neurons must be a bool, received: {disjoint_neurons!r}")
-        self._init_constraint(k_coef_lip=k_coef_lip, disjoint_neurons=disjoint_neurons)
+        self._init_constraint(
+            k_coef_lip=k_coef_lip,
+            condense_on_build=condense_on_build,
+            disjoint_neurons=disjoint_neurons,
+        )
+
+    @property
+    def per_unit_bound(self) -> bool:
+        """True with ``disjoint_neurons=True`` and more than one output unit: each unit is
+        ``lipschitz_bound()``-Lipschitz, the layer as a whole up to ``sqrt(units)`` times it."""
+        units = getattr(self, "units", None) or getattr(self, "filters", 1)
+        return bool(self.disjoint_neurons) and units > 1
 
     def _normalize(self, kernel, state):
         return frobenius_normalization(kernel, self.disjoint_neurons) * self._coef(), {}

@@ -7,14 +7,20 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-__all__ = ["PadConv2D", "apply_padding", "check_padding_fits"]
+__all__ = [
+    "PadConv2D",
+    "apply_padding",
+    "check_padding_fits",
+    "check_unit_dilation_and_groups",
+]
 
 KERAS_PADDINGS = ("same", "valid")
 EXTRA_PADDINGS = ("constant", "reflect", "symmetric", "circular")
 PAD_CONV_PADDINGS = KERAS_PADDINGS + EXTRA_PADDINGS
 
 
-def _check_unit_dilation_and_groups(layer) -> None:
+def check_unit_dilation_and_groups(layer) -> None:
+    """Raise `ValueError` naming ``dilation_rate`` / ``groups`` unless both are 1."""
     if any(d != 1 for d in layer.dilation_rate):
         raise ValueError(
             f"{type(layer).__name__} supports dilation_rate=1 only, "
@@ -24,6 +30,10 @@ def _check_unit_dilation_and_groups(layer) -> None:
         raise ValueError(
             f"{type(layer).__name__} supports groups=1 only, received: groups={layer.groups}"
         )
+
+
+# The old private name, still imported by deel_lip.layers.aol (to be switched to the public one).
+_check_unit_dilation_and_groups = check_unit_dilation_and_groups
 
 
 def _pad_amounts(kernel_size) -> list[tuple[int, int]]:
@@ -108,7 +118,7 @@ class PadConv2D(keras.layers.Conv2D):
         super().__init__(filters, kernel_size, strides=strides, padding=keras_padding, **kwargs)
         self.pad_mode = padding
         if padding in EXTRA_PADDINGS:
-            _check_unit_dilation_and_groups(self)
+            check_unit_dilation_and_groups(self)
 
     def _pad(self, inputs):
         if self.pad_mode in KERAS_PADDINGS:

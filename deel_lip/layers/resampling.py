@@ -79,6 +79,10 @@ class _SpaceToDepth(keras.layers.Layer):
     def _from_channels_last(self, x):
         return x if self.data_format == "channels_last" else ops.transpose(x, (0, 3, 1, 2))
 
+    def lipschitz_bound(self) -> float:
+        """1: the layer permutes coordinates (an isometry)."""
+        return 1.0
+
     def get_config(self):
         config = super().get_config()
         config.update({"pool_size": self.pool_size, "data_format": self.data_format})

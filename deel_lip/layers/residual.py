@@ -119,6 +119,11 @@ class LipResidual(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
 
+    def lipschitz_bound(self) -> float:
+        """1: a convex combination of two ``L``-Lipschitz inputs is ``L``-Lipschitz (as a
+        map of the pair, its norm is ``sqrt(alpha^2 + (1 - alpha)^2) <= 1``)."""
+        return 1.0
+
     def get_config(self):
         config = super().get_config()
         config["initial_alpha"] = self.initial_alpha
@@ -204,6 +209,10 @@ class BatchCentering(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
+    def lipschitz_bound(self) -> float:
+        """1: a translation at inference, an orthogonal projection of the batch in training."""
+        return 1.0
+
     def get_config(self):
         config = super().get_config()
         config.update({"momentum": self.momentum, "use_bias": self.use_bias, "axis": self.axis})
@@ -265,6 +274,10 @@ class LayerCentering(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
+
+    def lipschitz_bound(self) -> float:
+        """1: an orthogonal projection (plus a constant) per sample and channel."""
+        return 1.0
 
     def get_config(self):
         config = super().get_config()

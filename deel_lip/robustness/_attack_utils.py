@@ -1,12 +1,12 @@
 """Shared machinery of the L2 attacks: argument checks, per-sample tensor helpers, the
 attack losses, and the compiled margin / gradient functions (cached per model).
 
-Private to `deel_lip.robustness`; the public attacks are in `attacks`.
+A private module (its names are internal API, shared with `deel_lip.xai.counterfactuals`);
+the public attacks are in `attacks`. Argument checks are in `deel_lip._checks`.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 import weakref
 
@@ -15,43 +15,32 @@ import numpy as np
 from keras import ops
 
 from deel_lip import _backend
-from deel_lip.robustness.certificates import (
-    _class_targets,
-    _is_binary,
-    _predict_logits,
-    _signed_margin,
-)
+from deel_lip._certify import class_targets, is_binary, predict_logits, signed_margin
 
-__all__ = ["LOSSES"]
+__all__ = [
+    "LOSSES",
+    "TINY",
+    "check_batch_in_range",
+    "check_inputs",
+    "check_loss",
+    "per_sample_eps",
+    "sample_norms",
+    "per_sample",
+    "clip_batch",
+    "compiled_functions",
+    "checked_targets",
+    "progress_bar",
+]
 
 #: Per-sample losses the attacks can ascend.
 LOSSES = ("margin", "crossentropy")
-_TINY = 1e-12
+TINY = 1e-12
 
 
 # ------------------------------------------------------------------ argument checks
 
 
-def _check_positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, received: {value!r}")
-    return int(value)
-
-
-def _check_positive_float(name: str, value, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a finite number > 0, received: {value!r}")
-    return float(value)
-
-
-def _check_batch_in_range(x, clip_min, clip_max) -> np.ndarray:
+def check_batch_in_range(x, clip_min, clip_max) -> np.ndarray:
     """``x`` as a float32 batch ``(n, ...)``, checked to lie in ``[clip_min, clip_max]``."""
     x = np.asarray(ops.convert_to_numpy(x), dtype="float32")
     if x.ndim < 2 or len(x) == 0:
@@ -71,22 +60,22 @@ def _check_batch_in_range(x, clip_min, clip_max) -> np.ndarray:
     return x
 
 
-def _check_inputs(x, y, clip_min, clip_max) -> np.ndarray:
-    """`_check_batch_in_range`, and one label of ``y`` per input."""
-    x = _check_batch_in_range(x, clip_min, clip_max)
+def check_inputs(x, y, clip_min, clip_max) -> np.ndarray:
+    """`check_batch_in_range`, and one label of ``y`` per input."""
+    x = check_batch_in_range(x, clip_min, clip_max)
     if y is None or len(y) != len(x):
         received = None if y is None else len(y)
         raise ValueError(f"y must have one label per input ({len(x)}), received: {received}")
     return x
 
 
-def _check_loss(loss) -> str:
+def check_loss(loss) -> str:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, received: {loss!r}")
     return loss
 
 
-def _per_sample_eps(eps, n: int) -> np.ndarray:
+def per_sample_eps(eps, n: int) -> np.ndarray:
     eps = np.asarray(eps, dtype="float32")
     if eps.ndim == 0:
         eps = np.full((n,), eps, dtype="float32")
@@ -101,18 +90,18 @@ def _per_sample_eps(eps, n: int) -> np.ndarray:
 # ------------------------------------------------------------------ tensor helpers
 
 
-def _norms(t):
+def sample_norms(t):
     """Per-sample L2 norm ``(n,)`` of a batch."""
     flat = ops.reshape(t, (ops.shape(t)[0], -1))
     return ops.sqrt(ops.sum(flat * flat, axis=1))
 
 
-def _per_sample(v, like):
+def per_sample(v, like):
     """Reshape ``(n,)`` to ``(n, 1, ..., 1)`` to broadcast against ``like``."""
     return ops.reshape(v, (-1,) + (1,) * (len(like.shape) - 1))
 
 
-def _clip(x, clip_min, clip_max):
+def clip_batch(x, clip_min, clip_max):
     if clip_min is None and clip_max is None:
         return x
     low = -np.inf if clip_min is None else clip_min
@@ -126,9 +115,9 @@ def _objective(loss: str):
     def objective(logits, targets):
         logits = ops.cast(logits, "float32")
         if loss == "margin":
-            return -_signed_margin(logits, targets)
-        if _is_binary(tuple(logits.shape)):
-            return ops.softplus(-_signed_margin(logits, targets))
+            return -signed_margin(logits, targets)
+        if is_binary(tuple(logits.shape)):
+            return ops.softplus(-signed_margin(logits, targets))
         mask = ops.one_hot(ops.cast(targets, "int32"), logits.shape[-1], dtype=logits.dtype)
         return ops.logsumexp(logits, axis=-1) - ops.sum(logits * mask, axis=-1)
 
@@ -140,7 +129,7 @@ class _Compiled:
 
     ``margin_and_gradient(z, targets)``: signed margin of ``z`` and input gradient of the
     loss; ``margin(z, targets)``: signed margin only. The functions hold a weak reference
-    to the model, and `_compiled` keeps them in a `weakref.WeakKeyDictionary` keyed by the
+    to the model, and `compiled_functions` keeps them in a `weakref.WeakKeyDictionary` keyed by the
     model: they are reused by later attacks on the same model and freed with it.
     """
 
@@ -155,11 +144,11 @@ class _Compiled:
             logits, grad = _backend.value_and_input_gradient(
                 forward, z, lambda out: objective(out, targets)
             )
-            margin = _signed_margin(ops.cast(logits, "float32"), targets)
+            margin = signed_margin(ops.cast(logits, "float32"), targets)
             return margin, ops.cast(grad, "float32")
 
         def margin(z, targets):
-            return _signed_margin(ops.cast(forward(z), "float32"), targets)
+            return signed_margin(ops.cast(forward(z), "float32"), targets)
 
         self.margin_and_gradient = _backend.compile_function(margin_and_gradient)
         self.margin = _backend.compile_function(margin)
@@ -168,7 +157,7 @@ class _Compiled:
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _compiled(model, loss: str) -> _Compiled:
+def compiled_functions(model, loss: str) -> _Compiled:
     """The `_Compiled` functions of ``model`` for ``loss`` (built on first use)."""
     try:
         per_model = _COMPILED.setdefault(model, {})
@@ -179,11 +168,11 @@ def _compiled(model, loss: str) -> _Compiled:
     return per_model[loss]
 
 
-def _targets(model, x, y) -> np.ndarray:
+def checked_targets(model, x, y) -> np.ndarray:
     """Labels of ``y`` checked against the model's output shape (one forward pass)."""
-    output_shape = _predict_logits(model, x[:1], 1).shape
-    return _class_targets(y, (len(x),) + output_shape[1:])
+    output_shape = predict_logits(model, x[:1], 1).shape
+    return class_targets(y, (len(x),) + output_shape[1:])
 
 
-def _progbar(verbose: bool, target: int):
+def progress_bar(verbose: bool, target: int):
     return keras.utils.Progbar(target, verbose=1, unit_name="step") if verbose else None

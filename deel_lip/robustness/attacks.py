@@ -23,22 +23,20 @@ import math
 import numpy as np
 from keras import ops
 
+from deel_lip._checks import check_batch_size, check_positive_float, check_positive_int
 from deel_lip.robustness._attack_utils import (
-    _TINY,
     LOSSES,
-    _check_inputs,
-    _check_loss,
-    _check_positive_float,
-    _check_positive_int,
-    _clip,
-    _compiled,
-    _norms,
-    _per_sample,
-    _per_sample_eps,
-    _progbar,
-    _targets,
+    TINY,
+    check_inputs,
+    check_loss,
+    checked_targets,
+    clip_batch,
+    compiled_functions,
+    per_sample,
+    per_sample_eps,
+    progress_bar,
+    sample_norms,
 )
-from deel_lip.robustness.certificates import _check_batch_size
 
 __all__ = ["pgd_l2", "minimal_adversarial_l2", "LOSSES"]
 
@@ -46,22 +44,22 @@ __all__ = ["pgd_l2", "minimal_adversarial_l2", "LOSSES"]
 
 
 def _pgd_batch(fns, x, targets, eps, steps, step_size, clip, start, bar):
-    delta = _clip(x + start, *clip) - x
+    delta = clip_batch(x + start, *clip) - x
     best_adv, best_margin = x, fns.margin(x, targets)
     for _ in range(steps):
         x_adv = x + delta
         margin, grad = fns.margin_and_gradient(x_adv, targets)
         improved = margin < best_margin
-        best_adv = ops.where(_per_sample(improved, x), x_adv, best_adv)
+        best_adv = ops.where(per_sample(improved, x), x_adv, best_adv)
         best_margin = ops.minimum(margin, best_margin)
-        delta = delta + step_size * grad / _per_sample(ops.maximum(_norms(grad), _TINY), x)
-        scale = ops.minimum(1.0, eps / ops.maximum(_norms(delta), _TINY))
-        delta = _clip(x + delta * _per_sample(scale, x), *clip) - x
+        delta = delta + step_size * grad / per_sample(ops.maximum(sample_norms(grad), TINY), x)
+        scale = ops.minimum(1.0, eps / ops.maximum(sample_norms(delta), TINY))
+        delta = clip_batch(x + delta * per_sample(scale, x), *clip) - x
         if bar is not None:
             bar.add(1)
     x_adv = x + delta
     improved = fns.margin(x_adv, targets) < best_margin
-    return ops.where(_per_sample(improved, x), x_adv, best_adv)
+    return ops.where(per_sample(improved, x), x_adv, best_adv)
 
 
 def pgd_l2(
@@ -113,16 +111,16 @@ def pgd_l2(
         Madry, Makelov, Schmidt, Tsipras, Vladu, "Towards deep learning models resistant to
         adversarial attacks", ICLR 2018.
     """
-    x = _check_inputs(x, y, clip_min, clip_max)
+    x = check_inputs(x, y, clip_min, clip_max)
     n = len(x)
-    eps = _per_sample_eps(eps, n)
-    steps = _check_positive_int("steps", steps)
-    step_size = _check_positive_float("step_size", step_size, allow_none=True)
-    loss = _check_loss(loss)
-    batch_size = _check_batch_size(batch_size)
+    eps = per_sample_eps(eps, n)
+    steps = check_positive_int("steps", steps)
+    step_size = check_positive_float("step_size", step_size, allow_none=True)
+    loss = check_loss(loss)
+    batch_size = check_batch_size(batch_size)
     if not isinstance(random_start, bool):
         raise TypeError(f"random_start must be a bool, received: {random_start!r}")
-    targets = _targets(model, x, y)
+    targets = checked_targets(model, x, y)
     alphas = 2.5 * eps / steps if step_size is None else np.full((n,), step_size, "float32")
     start = np.zeros_like(x)
     if random_start:
@@ -131,9 +129,9 @@ def pgd_l2(
         dims = int(np.prod(x.shape[1:]))
         radius = eps * rng.uniform(size=n).astype("float32") ** (1.0 / dims)
         norms = np.linalg.norm(noise.reshape(n, -1), axis=1)
-        start = noise * (radius / np.maximum(norms, _TINY)).reshape((n,) + (1,) * (x.ndim - 1))
-    fns = _compiled(model, loss)
-    bar = _progbar(verbose, steps * math.ceil(n / batch_size))
+        start = noise * (radius / np.maximum(norms, TINY)).reshape((n,) + (1,) * (x.ndim - 1))
+    fns = compiled_functions(model, loss)
+    bar = progress_bar(verbose, steps * math.ceil(n / batch_size))
     out = []
     for lo in range(0, n, batch_size):
         hi = lo + batch_size
@@ -143,7 +141,7 @@ def pgd_l2(
             ops.convert_to_tensor(targets[lo:hi]),
             ops.convert_to_tensor(eps[lo:hi]),
             steps,
-            _per_sample(ops.convert_to_tensor(alphas[lo:hi]), x[lo:hi]),
+            per_sample(ops.convert_to_tensor(alphas[lo:hi]), x[lo:hi]),
             (clip_min, clip_max),
             ops.convert_to_tensor(start[lo:hi]),
             bar,
@@ -168,27 +166,27 @@ def _ddn_batch(fns, x, targets, config, bar):
     for k in range(steps):
         x_adv = x + delta
         margin, grad = fns.margin_and_gradient(x_adv, targets)
-        dist = _norms(delta)
+        dist = sample_norms(delta)
         is_adv = margin < 0
         better = ops.logical_and(is_adv, dist < best_dist)
         best_dist = ops.where(better, dist, best_dist)
-        best_adv = ops.where(_per_sample(better, x), x_adv, best_adv)
+        best_adv = ops.where(per_sample(better, x), x_adv, best_adv)
         # norm: shrink below the current adversarial norm, grow otherwise
         eps_k = ops.where(is_adv, (1.0 - gamma) * ops.minimum(eps_k, dist), (1.0 + gamma) * eps_k)
         if max_eps is not None:
             eps_k = ops.minimum(eps_k, max_eps)
         # direction: a normalised gradient step with a cosine-annealed length
         alpha = min_step + 0.5 * (step_size - min_step) * (1.0 + math.cos(math.pi * k / steps))
-        delta = delta + alpha * grad / _per_sample(ops.maximum(_norms(grad), _TINY), x)
-        delta = delta * _per_sample(eps_k / ops.maximum(_norms(delta), _TINY), x)
-        delta = _clip(x + delta, *clip) - x
+        delta = delta + alpha * grad / per_sample(ops.maximum(sample_norms(grad), TINY), x)
+        delta = delta * per_sample(eps_k / ops.maximum(sample_norms(delta), TINY), x)
+        delta = clip_batch(x + delta, *clip) - x
         if bar is not None:
             bar.add(1)
     x_adv = x + delta
-    dist = _norms(delta)
+    dist = sample_norms(delta)
     better = ops.logical_and(fns.margin(x_adv, targets) < 0, dist < best_dist)
     best_dist = ops.where(better, dist, best_dist)
-    best_adv = ops.where(_per_sample(better, x), x_adv, best_adv)
+    best_adv = ops.where(per_sample(better, x), x_adv, best_adv)
     return best_adv, best_dist
 
 
@@ -203,11 +201,11 @@ def _bisect_segment(fns, x, adv, targets, refine_steps):
     low, high = ops.zeros((n,)), ops.ones((n,))
     for _ in range(refine_steps):
         mid = 0.5 * (low + high)
-        is_adv = fns.margin(x + _per_sample(mid, x) * direction, targets) < 0
+        is_adv = fns.margin(x + per_sample(mid, x) * direction, targets) < 0
         high = ops.where(is_adv, mid, high)
         low = ops.where(is_adv, low, mid)
-    shortened = x + _per_sample(high, x) * direction
-    return ops.where(_per_sample(high < 1.0, x), shortened, adv)
+    shortened = x + per_sample(high, x) * direction
+    return ops.where(per_sample(high < 1.0, x), shortened, adv)
 
 
 def minimal_adversarial_l2(
@@ -268,22 +266,22 @@ def minimal_adversarial_l2(
         Rony, Hafemann, Oliveira, Ben Ayed, Sabourin, Granger, "Decoupling direction and
         norm for efficient gradient-based L2 adversarial attacks and defenses", CVPR 2019.
     """
-    x = _check_inputs(x, y, clip_min, clip_max)
+    x = check_inputs(x, y, clip_min, clip_max)
     n = len(x)
-    max_eps = _check_positive_float("max_eps", max_eps, allow_none=True)
-    steps = _check_positive_int("steps", steps)
-    init_eps = _check_positive_float("init_eps", init_eps)
-    gamma = _check_positive_float("gamma", gamma)
+    max_eps = check_positive_float("max_eps", max_eps, allow_none=True)
+    steps = check_positive_int("steps", steps)
+    init_eps = check_positive_float("init_eps", init_eps)
+    gamma = check_positive_float("gamma", gamma)
     if gamma >= 1:
         raise ValueError(f"gamma must be in (0, 1), received: {gamma!r}")
-    step_size = _check_positive_float("step_size", step_size)
-    refine_steps = _check_positive_int("refine_steps", refine_steps, minimum=0)
-    loss = _check_loss(loss)
-    batch_size = _check_batch_size(batch_size)
-    targets = _targets(model, x, y)
-    fns = _compiled(model, loss)
+    step_size = check_positive_float("step_size", step_size)
+    refine_steps = check_positive_int("refine_steps", refine_steps, minimum=0)
+    loss = check_loss(loss)
+    batch_size = check_batch_size(batch_size)
+    targets = checked_targets(model, x, y)
+    fns = compiled_functions(model, loss)
     config = (steps, init_eps, gamma, step_size, max_eps, (clip_min, clip_max))
-    bar = _progbar(verbose, (steps + refine_steps + 1) * math.ceil(n / batch_size))
+    bar = progress_bar(verbose, (steps + refine_steps + 1) * math.ceil(n / batch_size))
     adversarials, success = [], []
     for lo in range(0, n, batch_size):
         hi = lo + batch_size
@@ -294,7 +292,7 @@ def minimal_adversarial_l2(
         final_margin = fns.margin(adv, t_b)
         start_margin = fns.margin(x_b, t_b)
         found = ops.logical_or(final_margin < 0, start_margin <= 0)
-        adversarials.append(ops.convert_to_numpy(ops.where(_per_sample(found, x_b), adv, x_b)))
+        adversarials.append(ops.convert_to_numpy(ops.where(per_sample(found, x_b), adv, x_b)))
         success.append(ops.convert_to_numpy(found))
         if bar is not None:
             bar.add(refine_steps + 1)

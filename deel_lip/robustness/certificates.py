@@ -36,13 +36,8 @@ import numpy as np
 from keras import ops
 
 from deel_lip import _backend
-from deel_lip.metrics import (
-    _binary_margin,
-    _certificate_factor,
-    _check_bool,
-    _check_lip_const,
-    _multiclass_margin,
-)
+from deel_lip._certify import certificate_factor, class_targets, is_binary, signed_margin
+from deel_lip._checks import check_batch_size, check_bool, check_lip_const
 
 __all__ = ["certified_radius", "certified_accuracy"]
 
@@ -50,88 +45,11 @@ __all__ = ["certified_radius", "certified_accuracy"]
 # ------------------------------------------------------------------ shared helpers
 
 
-def _check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise TypeError(f"batch_size must be an int, received: {batch_size!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, received: {batch_size!r}")
-    return int(batch_size)
-
-
-def _is_binary(logits_shape) -> bool:
-    return len(logits_shape) == 1 or (len(logits_shape) == 2 and logits_shape[-1] == 1)
-
-
-def _class_targets(labels, logits_shape) -> np.ndarray:
-    """Validated labels as class ids ``(n,)`` (multiclass) or signs in {-1, +1} (binary).
-
-    Multiclass labels are class ids ``(n,)`` / ``(n, 1)`` or one-hot ``(n, n_classes)``
-    (class = argmax). Binary labels are in {0, 1} or {-1, +1}, shape ``(n,)`` or ``(n, 1)``.
-    """
-    labels = np.asarray(keras.ops.convert_to_numpy(labels))
-    n = logits_shape[0]
-    if len(logits_shape) not in (1, 2):
-        raise ValueError(
-            "logits must have shape (n,), (n, 1) or (n, n_classes), "
-            f"received shape {tuple(logits_shape)}"
-        )
-    if labels.shape[:1] != (n,):
-        raise ValueError(
-            f"labels must have one entry per sample ({n}), received shape {labels.shape}"
-        )
-    if _is_binary(logits_shape):
-        if labels.size != n:
-            raise ValueError(
-                f"binary labels must have shape ({n},) or ({n}, 1), received shape {labels.shape}"
-            )
-        present = set(np.unique(labels).tolist())
-        if not (present <= {0.0, 1.0} or present <= {-1.0, 1.0}):
-            raise ValueError(
-                "labels (y_true) must be binary labels in {0, 1} or in {-1, +1}, received "
-                f"values {sorted(present, key=str)[:6]} in labels of shape {labels.shape}"
-            )
-        return np.where(labels.reshape(n) > 0, 1.0, -1.0)
-    n_classes = logits_shape[-1]
-    if labels.shape == (n, n_classes):
-        finite = np.all(np.isfinite(labels), axis=-1)
-        top = np.max(np.where(np.isfinite(labels), labels, -np.inf), axis=-1, keepdims=True)
-        single = np.sum(labels == top, axis=-1) == 1
-        if not np.all(finite & single):
-            bad = int(np.flatnonzero(~(finite & single))[0])
-            raise ValueError(
-                "labels (y_true) must be one-hot rows with a single, finite maximum (not "
-                f"multi-hot), received row {bad}: {labels[bad].tolist()} in labels of shape "
-                f"{labels.shape}"
-            )
-        return np.argmax(labels, axis=-1).astype("int64")
-    if labels.size != n:
-        raise ValueError(
-            f"labels must be class ids of shape ({n},) or ({n}, 1) or one-hot of shape "
-            f"({n}, {n_classes}), received shape {labels.shape}"
-        )
-    ids = labels.reshape(n)
-    if ids.size and (
-        not np.all(np.equal(np.mod(ids, 1), 0)) or ids.min() < 0 or ids.max() >= n_classes
-    ):
-        raise ValueError(
-            f"labels (y_true) must be class ids: integers in [0, {n_classes}), received "
-            f"values in [{ids.min()}, {ids.max()}] (NaN: {bool(np.isnan(ids).any())})"
-        )
-    return ids.astype("int64")
-
-
-def _signed_margin(logits, targets):
-    """Signed margin (tensor ``(n,)``) for targets from `_class_targets`."""
-    if _is_binary(tuple(logits.shape)):
-        return _binary_margin(targets, logits)
-    return _multiclass_margin(targets, logits)
-
-
 def _radius_factor(logits_shape, lip_const: float, disjoint_neurons: bool) -> float:
     """``L`` (binary) or ``c L`` (multiclass) so that radius = margin / factor."""
-    if _is_binary(logits_shape):
+    if is_binary(logits_shape):
         return lip_const
-    return _certificate_factor(lip_const, disjoint_neurons)
+    return certificate_factor(lip_const, disjoint_neurons)
 
 
 def _batches(x, y, batch_size: int) -> Iterator[tuple]:
@@ -151,15 +69,6 @@ def _batches(x, y, batch_size: int) -> Iterator[tuple]:
         raise ValueError(f"x and y must have the same length, received {n} and {len(y)}")
     for start in range(0, n, batch_size):
         yield x[start : start + batch_size], y[start : start + batch_size]
-
-
-def _predict_logits(model, x, batch_size: int) -> np.ndarray:
-    """``model(x, training=False)`` over batches, as a numpy array."""
-    outputs = [
-        ops.convert_to_numpy(model(x[start : start + batch_size], training=False))
-        for start in range(0, len(x), batch_size)
-    ]
-    return np.concatenate(outputs, axis=0)
 
 
 # ------------------------------------------------------------------ public API
@@ -204,9 +113,9 @@ def certified_radius(
             ``lip_const <= 0``, or ``negative=True`` without labels.
         TypeError: ``disjoint_neurons`` or ``negative`` not a bool.
     """
-    lip_const = _check_lip_const(lip_const)
-    _check_bool("disjoint_neurons", disjoint_neurons)
-    _check_bool("negative", negative)
+    lip_const = check_lip_const(lip_const)
+    check_bool("disjoint_neurons", disjoint_neurons)
+    check_bool("negative", negative)
     logits = ops.convert_to_tensor(logits)
     dtype = keras.backend.standardize_dtype(logits.dtype)
     if dtype in ("bfloat16", "float16"):
@@ -224,7 +133,7 @@ def certified_radius(
     if labels is None:
         if negative:
             raise ValueError("negative=True needs labels (the sign comes from the true class)")
-        if _is_binary(shape):
+        if is_binary(shape):
             margin = ops.abs(ops.reshape(logits, (-1,)))
         elif len(shape) == 2:
             top2 = ops.top_k(logits, k=2, sorted=True)[0]
@@ -234,8 +143,8 @@ def certified_radius(
                 f"logits must have shape (n,), (n, 1) or (n, n_classes), received shape {shape}"
             )
     else:
-        targets = _class_targets(labels, shape)
-        margin = _signed_margin(logits, ops.convert_to_tensor(targets))
+        targets = class_targets(labels, shape)
+        margin = signed_margin(logits, ops.convert_to_tensor(targets))
         if not negative:
             margin = ops.relu(margin)
     finite = ops.all(ops.isfinite(ops.reshape(logits, (shape[0], -1))), axis=-1)
@@ -280,7 +189,7 @@ def certified_accuracy(
     eps_list = [float(eps) for eps in epsilons]
     if not eps_list or any(not math.isfinite(eps) or eps < 0 for eps in eps_list):
         raise ValueError(f"epsilons must be one or more finite radii >= 0, received: {epsilons!r}")
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     radii = []
     for x_batch, y_batch in _batches(x, y, batch_size):
         logits = model(x_batch, training=False)

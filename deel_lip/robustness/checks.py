@@ -20,15 +20,11 @@ from collections.abc import Callable
 import numpy as np
 from keras import ops
 
-from deel_lip.robustness._attack_utils import _check_inputs
+from deel_lip._certify import class_targets, predict_logits, signed_margin
+from deel_lip._checks import check_batch_size
+from deel_lip.robustness._attack_utils import check_inputs
 from deel_lip.robustness.attacks import minimal_adversarial_l2, pgd_l2
-from deel_lip.robustness.certificates import (
-    _check_batch_size,
-    _class_targets,
-    _predict_logits,
-    _signed_margin,
-    certified_radius,
-)
+from deel_lip.robustness.certificates import certified_radius
 
 __all__ = ["CertificateReport", "check_certificates", "ATTACKS"]
 
@@ -97,10 +93,10 @@ def _attack_distances(model, x, y, attack, radii, batch_size, attack_kwargs) -> 
                 f"the attack must return an array of the shape of x {x.shape}, "
                 f"received shape {adversarials.shape}"
             )
-    logits = _predict_logits(model, adversarials.astype("float32"), batch_size)
-    targets = _class_targets(y, logits.shape)
+    logits = predict_logits(model, adversarials.astype("float32"), batch_size)
+    targets = class_targets(y, logits.shape)
     flipped = ops.convert_to_numpy(
-        _signed_margin(ops.convert_to_tensor(logits), ops.convert_to_tensor(targets)) < 0
+        signed_margin(ops.convert_to_tensor(logits), ops.convert_to_tensor(targets)) < 0
     )
     distances = np.linalg.norm((adversarials.astype("float64") - x).reshape(len(x), -1), axis=1)
     return np.where(flipped, distances, np.inf)
@@ -160,11 +156,11 @@ def check_certificates(
     if attack_kwargs is not None and not isinstance(attack_kwargs, dict):
         raise TypeError(f"attack_kwargs must be a dict or None, received: {attack_kwargs!r}")
     attack_kwargs = dict(attack_kwargs or {})
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     clip = (attack_kwargs.get("clip_min"), attack_kwargs.get("clip_max"))
-    x = _check_inputs(x, y, *clip)
+    x = check_inputs(x, y, *clip)
     y = np.asarray(ops.convert_to_numpy(y))
-    logits = _predict_logits(model, x, batch_size)
+    logits = predict_logits(model, x, batch_size)
     signed = certified_radius(
         logits, y, lip_const, disjoint_neurons=disjoint_neurons, negative=True
     ).astype("float64")

@@ -30,23 +30,22 @@ import numbers
 import numpy as np
 from keras import ops
 
-from deel_lip.metrics import _certificate_factor, _check_bool, _check_lip_const
-from deel_lip.robustness._attack_utils import (
-    _TINY,
-    _check_batch_in_range,
-    _check_positive_float,
-    _check_positive_int,
-    _clip,
-    _compiled,
-    _norms,
-    _per_sample,
-    _progbar,
+from deel_lip._certify import certificate_factor, class_targets, is_binary, predict_logits
+from deel_lip._checks import (
+    check_batch_size,
+    check_bool,
+    check_lip_const,
+    check_positive_float,
+    check_positive_int,
 )
-from deel_lip.robustness.certificates import (
-    _check_batch_size,
-    _class_targets,
-    _is_binary,
-    _predict_logits,
+from deel_lip.robustness._attack_utils import (
+    TINY,
+    check_batch_in_range,
+    clip_batch,
+    compiled_functions,
+    per_sample,
+    progress_bar,
+    sample_norms,
 )
 
 __all__ = ["CounterfactualResult", "transport_counterfactual", "boundary_point"]
@@ -99,7 +98,7 @@ class CounterfactualResult:
 def _source_and_target(logits: np.ndarray, y, target) -> tuple[np.ndarray, np.ndarray]:
     """Source and target class ids ``(n,)`` from the logits at ``x`` and the arguments."""
     n = len(logits)
-    if _is_binary(logits.shape):
+    if is_binary(logits.shape):
         if target is not None:
             raise ValueError(
                 "target must be None for a binary model (one output): its counterfactual "
@@ -108,10 +107,10 @@ def _source_and_target(logits: np.ndarray, y, target) -> tuple[np.ndarray, np.nd
         if y is None:
             source = (logits.reshape(n) > 0).astype("int64")
         else:
-            source = (_class_targets(y, logits.shape) > 0).astype("int64")
+            source = (class_targets(y, logits.shape) > 0).astype("int64")
         return source, 1 - source
     n_classes = logits.shape[-1]
-    source = np.argmax(logits, axis=-1) if y is None else _class_targets(y, logits.shape)
+    source = np.argmax(logits, axis=-1) if y is None else class_targets(y, logits.shape)
     if target is None:
         others = logits.astype("float64").copy()
         others[np.arange(n), source] = -np.inf
@@ -144,7 +143,7 @@ def _margin_targets(classes: np.ndarray, binary: bool) -> np.ndarray:
 
 def _signed(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """Signed margin of ``classes`` in numpy: positive where ``logits`` predict them."""
-    if _is_binary(logits.shape):
+    if is_binary(logits.shape):
         return np.where(classes > 0, 1.0, -1.0) * logits.reshape(len(logits))
     others = logits.astype("float64").copy()
     rows = np.arange(len(logits))
@@ -159,7 +158,7 @@ def _newton_batch(fns, x, targets, config, bar):
     """Newton steps on the target margin for one batch: ``(iterate, steps)``."""
     step_size, max_steps, clip = config
     margin = fns.margin(x, targets)
-    aim = _CROSSING * ops.maximum(ops.abs(margin), _TINY)
+    aim = _CROSSING * ops.maximum(ops.abs(margin), TINY)
     z = x
     steps = ops.zeros_like(margin)
     for step in range(max_steps):
@@ -171,11 +170,11 @@ def _newton_batch(fns, x, targets, config, bar):
             break
         # grad is the gradient of -margin: z + c grad with c < 0 raises the margin, and the
         # linearised margin reaches `aim` for c = -(aim - margin) / ||grad||^2.
-        sq_norm = ops.square(_norms(grad))
-        moving = ops.logical_and(active, sq_norm > _TINY)
-        coef = -step_size * (aim - margin) / ops.maximum(sq_norm, _TINY)
+        sq_norm = ops.square(sample_norms(grad))
+        moving = ops.logical_and(active, sq_norm > TINY)
+        coef = -step_size * (aim - margin) / ops.maximum(sq_norm, TINY)
         coef = ops.where(moving, coef, 0.0)
-        z = _clip(z + _per_sample(coef, x) * grad, *clip)
+        z = clip_batch(z + per_sample(coef, x) * grad, *clip)
         steps = steps + ops.cast(moving, steps.dtype)
         if bar is not None:
             bar.add(1)
@@ -245,27 +244,27 @@ def transport_counterfactual(
         Serrurier et al., "On the explainable properties of 1-Lipschitz neural networks: an
         optimal transport perspective", NeurIPS 2023.
     """
-    x = _check_batch_in_range(x, clip_min, clip_max)
-    step_size = _check_positive_float("step_size", step_size)
-    max_steps = _check_positive_int("max_steps", max_steps)
+    x = check_batch_in_range(x, clip_min, clip_max)
+    step_size = check_positive_float("step_size", step_size)
+    max_steps = check_positive_int("max_steps", max_steps)
     if isinstance(overshoot, bool) or not isinstance(overshoot, numbers.Real):
         raise TypeError(f"overshoot must be a number >= 0, received: {overshoot!r}")
     if not math.isfinite(overshoot) or overshoot < 0:
         raise ValueError(f"overshoot must be a finite number >= 0, received: {overshoot!r}")
-    lip_const = _check_lip_const(lip_const)
-    _check_bool("disjoint_neurons", disjoint_neurons)
-    _check_bool("verbose", verbose)
-    batch_size = _check_batch_size(batch_size)
+    lip_const = check_lip_const(lip_const)
+    check_bool("disjoint_neurons", disjoint_neurons)
+    check_bool("verbose", verbose)
+    batch_size = check_batch_size(batch_size)
 
-    logits = _predict_logits(model, x, batch_size).astype("float32")
-    binary = _is_binary(logits.shape)
+    logits = predict_logits(model, x, batch_size).astype("float32")
+    binary = is_binary(logits.shape)
     source, target = _source_and_target(logits, y, target)
-    factor = lip_const if binary else _certificate_factor(lip_const, disjoint_neurons)
+    factor = lip_const if binary else certificate_factor(lip_const, disjoint_neurons)
     radius = np.maximum(_signed(logits, source), 0.0) / factor
 
-    fns = _compiled(model, "margin")
+    fns = compiled_functions(model, "margin")
     targets = _margin_targets(target, binary)
-    bar = _progbar(verbose, max_steps * math.ceil(len(x) / batch_size))
+    bar = progress_bar(verbose, max_steps * math.ceil(len(x) / batch_size))
     iterates, steps = [], []
     for lo in range(0, len(x), batch_size):
         hi = lo + batch_size
@@ -283,7 +282,7 @@ def transport_counterfactual(
         z = x + (1.0 + overshoot) * (z - x)
         z = np.clip(z, clip_min, clip_max) if (clip_min, clip_max) != (None, None) else z
     z = z.astype("float32")
-    final = _predict_logits(model, z, batch_size).astype("float32")
+    final = predict_logits(model, z, batch_size).astype("float32")
     n = len(x)
     return CounterfactualResult(
         counterfactuals=z,
@@ -337,26 +336,26 @@ def boundary_point(
         ValueError: for ``tol <= 0``, a ``result`` of another length than ``x``, and the
             errors of `transport_counterfactual`.
     """
-    tol = _check_positive_float("tol", tol)
-    batch_size = _check_batch_size(batch_size)
+    tol = check_positive_float("tol", tol)
+    batch_size = check_batch_size(batch_size)
     if result is None:
         result = transport_counterfactual(
             model, x, y, target, batch_size=batch_size, **counterfactual_kwargs
         )
     elif not isinstance(result, CounterfactualResult):
         raise TypeError(f"result must be a CounterfactualResult or None, received: {result!r}")
-    x = _check_batch_in_range(x, None, None)
+    x = check_batch_in_range(x, None, None)
     if len(result) != len(x) or result.counterfactuals.shape != x.shape:
         raise ValueError(
             f"result must hold one counterfactual per input of shape {x.shape}, received "
             f"counterfactuals of shape {result.counterfactuals.shape}"
         )
-    binary = _is_binary(_predict_logits(model, x[:1], 1).shape)
+    binary = is_binary(predict_logits(model, x[:1], 1).shape)
     sources = _margin_targets(result.source, binary)
     direction = result.counterfactuals.astype("float32") - x
     lengths = np.linalg.norm(direction.reshape(len(x), -1).astype("float64"), axis=1)
     iterations = int(math.ceil(math.log2(max(lengths.max(), tol) / tol))) + 1
-    fns = _compiled(model, "margin")
+    fns = compiled_functions(model, "margin")
     points = []
     for lo in range(0, len(x), batch_size):
         hi = lo + batch_size
@@ -366,12 +365,12 @@ def boundary_point(
         high = ops.where(fns.margin(x_b, s_b) > 0, 1.0, 0.0)
         for _ in range(iterations):
             mid = 0.5 * (low + high)
-            in_source = fns.margin(x_b + _per_sample(mid, x_b) * d_b, s_b) > 0
+            in_source = fns.margin(x_b + per_sample(mid, x_b) * d_b, s_b) > 0
             low = ops.where(in_source, mid, low)
             high = ops.where(in_source, high, mid)
-        points.append(ops.convert_to_numpy(x_b + _per_sample(high, x_b) * d_b))
+        points.append(ops.convert_to_numpy(x_b + per_sample(high, x_b) * d_b))
     points = np.concatenate(points, axis=0).astype("float32")
-    left = _signed(_predict_logits(model, result.counterfactuals, batch_size), result.source) <= 0
+    left = _signed(predict_logits(model, result.counterfactuals, batch_size), result.source) <= 0
     points[~left] = result.counterfactuals[~left]
     return dataclasses.replace(
         result,
