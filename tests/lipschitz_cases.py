@@ -21,7 +21,7 @@ from deel_lip.layers import (
     SpectralConv2DTranspose,
     SpectralDense,
 )
-from deel_lip.layers.aol import AOL_PADDINGS, AOLConv2D, AOLDense
+from deel_lip.layers.aol import AOL_PADDINGS, AOL_SIDES, AOLConv2D, AOLDense
 from deel_lip.layers.sll import SLLConv2D, SLLDense
 
 KERNELS_2D = [1, 2, 3, 5, (3, 1)]
@@ -89,11 +89,13 @@ AXES = {
         "channels": CHANNELS,
         "size": SIZES_2D,
         "k_coef_lip": K_COEFS,
+        "rescaling_side": list(AOL_SIDES),
     },
     "AOLDense": {
         "channels": [(8, 20), (20, 8), (12, 12)],
         "rank": [2, 3],
         "k_coef_lip": K_COEFS,
+        "rescaling_side": list(AOL_SIDES),
     },
 }
 
@@ -269,7 +271,7 @@ def make_layer(kind: str, cfg: dict, name: str | None = None):
         return SLLConv2D(cfg["kernel_size"], hidden_filters=cfg["hidden"], **common)
     c_out = cfg["channels"][1]
     if kind == "AOLDense":
-        return AOLDense(c_out, **common)
+        return AOLDense(c_out, rescaling_side=cfg["rescaling_side"], **common)
     if kind == "SpectralDense":
         return SpectralDense(c_out, **common, **_normalization_args(cfg))
     if kind == "FrobeniusDense":
@@ -279,7 +281,7 @@ def make_layer(kind: str, cfg: dict, name: str | None = None):
     if kind == "FrobeniusConv2D":
         return FrobeniusConv2D(c_out, **conv, **common)
     if kind == "AOLConv2D":
-        return AOLConv2D(c_out, **conv, **common)
+        return AOLConv2D(c_out, **conv, rescaling_side=cfg["rescaling_side"], **common)
     if kind == "SpectralConv2D":
         return SpectralConv2D(c_out, **conv, **common, **_normalization_args(cfg))
     if kind == "SpectralConv1D":

@@ -53,9 +53,10 @@ def _built(layer, shape, seed=0, kernel=None, scale=2.0):
 # ---------------------------------------------------------------- AOL
 
 
+@pytest.mark.parametrize("side", ["input", "output", "auto"])
 @pytest.mark.parametrize("k", [1.0, 0.5, 3.0])
 @pytest.mark.parametrize("n_in,n_out", [(5, 7), (20, 8), (12, 12), (64, 10)])
-def test_aol_dense_bound_holds_and_is_attained(n_in, n_out, k):
+def test_aol_dense_bound_holds_and_is_attained(n_in, n_out, k, side):
     rng = np.random.default_rng(n_in * n_out)
     kernels = {
         "gaussian": 2.0 * rng.standard_normal((n_in, n_out)),
@@ -63,27 +64,31 @@ def test_aol_dense_bound_holds_and_is_attained(n_in, n_out, k):
         "rank one": np.outer(rng.standard_normal(n_in), rng.standard_normal(n_out)),
         "all ones": np.ones((n_in, n_out)),  # Gershgorin is tight: norm exactly k
         "one zero row": np.vstack([np.zeros((1, n_out)), rng.standard_normal((n_in - 1, n_out))]),
+        "one zero column": np.hstack([np.zeros((n_in, 1)), rng.standard_normal((n_in, n_out - 1))]),
     }
     for name, kernel in kernels.items():
-        layer = _built(AOLDense(n_out, k_coef_lip=k), (n_in,), kernel=kernel)
+        layer = _built(AOLDense(n_out, k_coef_lip=k, rescaling_side=side), (n_in,), kernel=kernel)
         norm = _norm(layer_operator_matrix(layer, (n_in,)))
         assert norm <= k * (1 + BOUND_TOL), f"{name}: exact norm {norm} > k={k}"
         if name in ("all ones", "rank one"):  # |W W^T| has rank one: d rescales it exactly
             assert norm >= k * (1 - BOUND_TOL), f"{name}: exact norm {norm} < k={k}"
 
 
-def test_aol_dense_is_orthogonal_at_initialisation():
-    """Orthogonal init: ``W W^T = I`` (n_in <= n_out), so ``d = 1`` and every singular value
-    of the layer is ``k``: gradient-norm preserving at initialisation."""
-    layer = AOLDense(24, k_coef_lip=2.0)
-    layer.build((None, 16))
-    values = np.linalg.svd(layer_operator_matrix(layer, (16,)), compute_uv=False)
-    np.testing.assert_allclose(values, 2.0, rtol=1e-5)
+@pytest.mark.parametrize("n_in,n_out", [(16, 24), (24, 16), (1568, 64)])
+def test_aol_dense_is_orthogonal_at_initialisation(n_in, n_out):
+    """Orthogonal init: ``W W^T = I`` (n_in <= n_out) or ``W^T W = I``, and "auto" picks
+    that side, so ``d = 1`` and every singular value of the layer (``min(n_in, n_out)`` of
+    them) is ``k``: gradient-norm preserving at initialisation."""
+    layer = AOLDense(n_out, k_coef_lip=2.0)
+    layer.build((None, n_in))
+    values = np.linalg.svd(layer_operator_matrix(layer, (n_in,)), compute_uv=False)
+    np.testing.assert_allclose(values[: min(n_in, n_out)], 2.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("side", ["input", "output"])
 @pytest.mark.parametrize("padding", ["same", "valid", "constant", "circular"])
 @pytest.mark.parametrize("strides", [1, 2, (2, 1)])
-def test_aol_conv_positive_kernel_approaches_its_bound_from_below(padding, strides):
+def test_aol_conv_positive_kernel_approaches_its_bound_from_below(padding, strides, side):
     """All-positive kernel: the Gram row sums equal the norm of the infinite convolution
     (constant inputs), so the finite norm rises with the size and never exceeds k; a
     circular stride-1 convolution attains it exactly at every size."""
@@ -91,7 +96,8 @@ def test_aol_conv_positive_kernel_approaches_its_bound_from_below(padding, strid
     norms = []
     for size in (4, 8, 16):
         shape = (size, size, 2)
-        layer = _built(AOLConv2D(3, 3, strides=strides, padding=padding, k_coef_lip=k), shape)
+        conv = AOLConv2D(3, 3, strides=strides, padding=padding, k_coef_lip=k, rescaling_side=side)
+        layer = _built(conv, shape)
         layer.kernel.assign(np.ones(layer.kernel.shape, "float32"))
         layer(np.zeros((1,) + shape, "float32"), training=True)
         norms.append(_norm(layer_operator_matrix(layer, shape)))
@@ -110,19 +116,22 @@ def test_aol_conv_bound_at_sizes_larger_than_the_harness(kernel_size):
         if any(k < s for k, s in zip(np.broadcast_to(kernel_size, 2), np.broadcast_to(strides, 2))):
             continue
         shape = size + (3,)
-        layer = _built(AOLConv2D(4, kernel_size, strides=strides, k_coef_lip=0.5), shape, seed=i)
-        assert _norm(layer_operator_matrix(layer, shape)) <= 0.5 * (1 + BOUND_TOL)
+        for side in ("input", "output"):
+            conv = AOLConv2D(4, kernel_size, strides=strides, k_coef_lip=0.5, rescaling_side=side)
+            layer = _built(conv, shape, seed=i)
+            assert _norm(layer_operator_matrix(layer, shape)) <= 0.5 * (1 + BOUND_TOL)
 
 
 def test_aol_rescale_is_scale_invariant_and_condense_keeps_the_function():
     rng = np.random.default_rng(3)
     kernel = rng.standard_normal((3, 3, 4, 5)).astype("float32")
-    np.testing.assert_allclose(
-        ops.convert_to_numpy(aol_rescale(kernel * 37.0)),
-        ops.convert_to_numpy(aol_rescale(kernel)),
-        rtol=1e-5,
-        atol=1e-7,
-    )
+    for side in ("input", "output"):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(aol_rescale(kernel * 37.0, side)),
+            ops.convert_to_numpy(aol_rescale(kernel, side)),
+            rtol=1e-5,
+            atol=1e-7,
+        )
     for layer, shape in [(AOLConv2D(5, 3, k_coef_lip=2.0), (7, 7, 4)), (AOLDense(6), (9,))]:
         _built(layer, shape, seed=1, scale=10.0)
         x = rng.standard_normal((4,) + shape).astype("float32")
@@ -277,6 +286,7 @@ def test_families_train_on_digits_and_export(digits, jit_compile, tmp_path):
     [
         AOLDense(7, k_coef_lip=0.5, use_bias=False, activation="relu"),
         AOLConv2D(4, (3, 2), strides=(2, 1), padding="circular", k_coef_lip=3.0),
+        AOLConv2D(2, 3, rescaling_side="output"),
         SLLDense(hidden_units=9, k_coef_lip=2.0, use_bias=False),
         SLLConv2D((3, 1), hidden_filters=4, k_coef_lip=0.25, kernel_initializer="he_normal"),
     ],
@@ -302,6 +312,8 @@ def test_config_round_trip(layer):
         (lambda: AOLConv2D(4, 3, padding=3), "padding"),
         (lambda: AOLConv2D(4, 1, strides=2), "kernel_size"),
         (lambda: AOLConv2D(4, 3, dilation_rate=2), "dilation_rate"),
+        (lambda: AOLConv2D(4, 3, rescaling_side="both"), "rescaling_side"),
+        (lambda: AOLDense(4, rescaling_side=None), "rescaling_side"),
         (lambda: SLLDense(hidden_units=0), "hidden_units"),
         (lambda: SLLDense(hidden_units=2.5), "hidden_units"),
         (lambda: SLLDense(k_coef_lip=-1.0), "k_coef_lip"),

@@ -32,7 +32,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from deel_lip._backend import eager_scope
+from deel_lip._backend import eager_scope, no_autocast
 from deel_lip.layers.aol import gram_abs_sums, refuse_lora, schur_scales
 from deel_lip.layers.base import Condensable, LipschitzLayer
 
@@ -141,9 +141,11 @@ class _SLLBlock(keras.layers.Layer, LipschitzLayer, Condensable):
         self.built = True
 
     def scales(self):
-        """``t`` (``(m,)``): ``W^T W <= diag(t)`` from the current weights."""
-        kernel = ops.convert_to_tensor(self.kernel)
-        q = ops.exp(ops.convert_to_tensor(self.log_q))
+        """``t`` (``(m,)``): ``W^T W <= diag(t)`` from the current weights, computed in the
+        variables' dtype (float32 under a mixed-precision policy)."""
+        with no_autocast():
+            kernel = ops.convert_to_tensor(self.kernel.value)
+            q = ops.exp(ops.convert_to_tensor(self.log_q.value))
         return schur_scales(gram_abs_sums(self._hidden_kernel(kernel)), q)
 
     def linear_bound_map(self, x):
