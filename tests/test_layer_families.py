@@ -17,7 +17,7 @@ import tensorflow as tf
 from keras import ops
 
 from deel_lip._backend import batch_jacobian
-from deel_lip.layers.aol import AOLConv2D, AOLDense, aol_rescale
+from deel_lip.layers.aol import AOLConv2D, AOLDense, CenteredOrthogonal, aol_rescale
 from deel_lip.layers.sll import SLLConv2D, SLLDense
 from deel_lip.model import Sequential, vanilla_export
 from deel_lip.utils import layer_operator_matrix
@@ -83,6 +83,23 @@ def test_aol_dense_is_orthogonal_at_initialisation(n_in, n_out):
     layer.build((None, n_in))
     values = np.linalg.svd(layer_operator_matrix(layer, (n_in,)), compute_uv=False)
     np.testing.assert_allclose(values[: min(n_in, n_out)], 2.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [(1, 16), (16, 32), (32, 16), (8, 8)])
+@pytest.mark.parametrize("kernel_size", [3, 2, (3, 1)])
+def test_aol_conv_is_an_isometry_at_initialisation(channels, kernel_size):
+    """Default `CenteredOrthogonal` init: an orthogonal centre tap, so AOL leaves the kernel
+    as it is and every singular value of the circular convolution is ``k``."""
+    c_in, c_out = channels
+    layer = AOLConv2D(c_out, kernel_size, padding="circular", k_coef_lip=0.5)
+    layer.build((None, 6, 6, c_in))
+    values = np.linalg.svd(layer_operator_matrix(layer, (6, 6, c_in)), compute_uv=False)
+    np.testing.assert_allclose(values[: 36 * min(c_in, c_out)], 0.5, rtol=1e-5)
+
+
+def test_centered_orthogonal_refuses_dense_shapes():
+    with pytest.raises(ValueError, match="shape"):
+        CenteredOrthogonal()((4, 4))
 
 
 @pytest.mark.parametrize("side", ["input", "output"])
@@ -159,10 +176,9 @@ def test_sll_dense_all_ones_kernel_attains_the_linear_bound():
     "layer,shape", [(SLLDense(k_coef_lip=0.7), (16,)), (SLLConv2D(3), (5, 5, 3))]
 )
 def test_sll_block_is_gradient_norm_preserving_at_initialisation(layer, shape):
-    """Dense: orthogonal init and q = 1 give ``T = I`` and a Jacobian ``k (I - 2 W D W^T)``
-    that is ``k`` times an orthogonal matrix (a reflection on the active units). Conv: the
-    orthogonal init of the reshaped kernel is not an orthogonal convolution, so only the
-    bound is checked."""
+    """Orthogonal init (conv: `CenteredOrthogonal`, an orthogonal 1x1 map) and q = 1 give
+    ``T = I`` and a Jacobian ``k (I - 2 W D W^T)`` that is ``k`` times an orthogonal matrix
+    (a reflection on the active units)."""
     layer.build((None,) + shape)
     rng = np.random.default_rng(0)
     layer.bias.assign(rng.standard_normal(layer.bias.shape).astype("float32"))
@@ -171,9 +187,7 @@ def test_sll_block_is_gradient_norm_preserving_at_initialisation(layer, shape):
     k = layer.lipschitz_bound()
     for j in jac:
         values = np.linalg.svd(j, compute_uv=False)
-        assert values.max() <= k * (1 + BOUND_TOL)
-        if isinstance(layer, SLLDense):
-            np.testing.assert_allclose(values, k, rtol=1e-5)
+        np.testing.assert_allclose(values, k, rtol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ import keras
 from keras import ops
 
 from deel_lip._backend import eager_scope, no_autocast
-from deel_lip.layers.aol import gram_abs_sums, refuse_lora, schur_scales
+from deel_lip.layers.aol import CenteredOrthogonal, gram_abs_sums, refuse_lora, schur_scales
 from deel_lip.layers.base import Condensable, LipschitzLayer
 
 __all__ = ["SLLDense", "SLLConv2D"]
@@ -299,8 +299,11 @@ class SLLConv2D(_SLLBlock):
         kernel_size: int or pair of ints (default 3).
         hidden_filters: ``m``, the number of hidden channels (default: the input's ``c``).
         k_coef_lip: Lipschitz constant of the block (> 0).
-        use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
-            bias_regularizer: as in `SLLDense`.
+        kernel_initializer: default "centered_orthogonal"
+            (`deel_lip.layers.aol.CenteredOrthogonal`: ``T = I`` and, when ``m <= c``, an
+            orthogonal Jacobian at initialisation), or any Keras initializer.
+        use_bias, bias_initializer, kernel_regularizer, bias_regularizer: as in
+            `SLLDense`.
 
     Input shape:
         4D tensor ``(batch, rows, cols, channels)`` (channels_last).
@@ -313,7 +316,14 @@ class SLLConv2D(_SLLBlock):
         ICLR 2023.
     """
 
-    def __init__(self, kernel_size=3, hidden_filters=None, k_coef_lip=1.0, **kwargs):
+    def __init__(
+        self,
+        kernel_size=3,
+        hidden_filters=None,
+        k_coef_lip=1.0,
+        kernel_initializer="centered_orthogonal",
+        **kwargs,
+    ):
         name = type(self).__name__
         _check_positive_int_or_none(hidden_filters, "hidden_filters", name)
         sizes = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
@@ -328,7 +338,9 @@ class SLLConv2D(_SLLBlock):
             )
         self.kernel_size = tuple(sizes)
         self.hidden_units = hidden_filters
-        super().__init__(k_coef_lip=k_coef_lip, **kwargs)
+        if kernel_initializer == "centered_orthogonal":
+            kernel_initializer = CenteredOrthogonal()
+        super().__init__(k_coef_lip=k_coef_lip, kernel_initializer=kernel_initializer, **kwargs)
 
     @property
     def hidden_filters(self):
