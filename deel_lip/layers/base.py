@@ -111,19 +111,27 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
     # ------------------------------------------------------------ construction
 
     def _init_constraint(
-        self, k_coef_lip: float = 1.0, condense_on_build=None, **normalization_args
+        self,
+        k_coef_lip: float = 1.0,
+        condense_on_build=None,
+        keep_raw_scale=None,
+        **normalization_args,
     ) -> None:
         """Refuse what the layer cannot honour; store the Lipschitz arguments (all go to
-        `get_config`). ``condense_on_build``: None (the default, True, not in the config:
-        for layers whose constructor does not take it) or a bool (stored in the config)."""
+        `get_config`). ``condense_on_build`` / ``keep_raw_scale``: None (the default, not in
+        the config: for layers whose constructor does not take them) or a bool (stored)."""
         refuse_unsupported_keras_arguments(self)
         self._init_lipschitz(k_coef_lip)
         self._lipschitz_args = dict(normalization_args)
-        if condense_on_build is None:
-            self.condense_on_build = True
-        else:
-            self.condense_on_build = check_bool("condense_on_build", condense_on_build)
-            self._lipschitz_args["condense_on_build"] = condense_on_build
+        for name, value, default in (
+            ("condense_on_build", condense_on_build, True),
+            ("keep_raw_scale", keep_raw_scale, False),
+        ):
+            if value is None:
+                setattr(self, name, default)
+            else:
+                setattr(self, name, check_bool(name, value))
+                self._lipschitz_args[name] = value
         for name, value in normalization_args.items():
             setattr(self, name, value)
 
@@ -212,10 +220,13 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
         )
         self.built = True
         # Built inside a traced function (e.g. an unbuilt Sequential's first `fit` trace),
-        # the variables usually have an eager value already (Keras creates them eagerly):
-        # the cache and the raw kernel's scale are then set now, outside the trace. A
-        # variable without an eager value yet leaves the cache stale (the first inference
-        # call computes it) and the raw kernel at its initializer's scale.
+        # the variables may have no eager value yet: the cache then starts stale (the first
+        # inference call computes it) and the raw kernel is condensed by the first training
+        # call, in the graph, before it reads the kernel (one replica; under a
+        # `tf.distribute` strategy it keeps its initializer's scale).
+        if self.keep_raw_scale:
+            kernel.constraint = self._scale_keeping_constraint(kernel.constraint)
+        self.condense_pending = None
         if executing_eagerly() or _has_eager_value(kernel):
             with eager_scope():
                 if self.condense_on_build:
@@ -223,6 +234,31 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
                 else:
                     self._refresh()
                     self.cache_stale.assign(False)
+        elif self.condense_on_build and num_replicas_in_sync() == 1:
+            self.condense_pending = self.add_weight(
+                name="condense_pending",
+                shape=(),
+                dtype="bool",
+                initializer="ones",
+                trainable=False,
+                autocast=False,
+            )
+
+    def _scale_keeping_constraint(self, user_constraint):
+        """Constraint run by the optimizer after each update (in the train step): the user's
+        ``kernel_constraint`` if any, then ``K <- K ||K_bar||_F / ||K||_F`` with ``K_bar``
+        the cached constrained kernel of the step. The normalisations are scale invariant,
+        so the function does not change; the raw kernel stays at the constrained scale."""
+
+        def keep_scale(kernel):
+            if user_constraint is not None:
+                kernel = user_constraint(kernel)
+            target = ops.sqrt(ops.sum(ops.square(ops.cast(self.constrained_kernel, kernel.dtype))))
+            norm = ops.sqrt(ops.sum(ops.square(kernel)))
+            ok = ops.logical_and(target > 0, norm > 0)
+            return ops.where(ok, kernel * (target / ops.where(ok, norm, 1.0)), kernel)
+
+        return keep_scale
 
     @property
     def _cache_ready(self) -> bool:
@@ -300,8 +336,21 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
             return ops.convert_to_tensor(self.constrained_kernel.value)
         return self.compute_constrained_kernel()[0]
 
+    def _condense_if_pending(self) -> None:
+        """In the graph: ``raw kernel <- constrained kernel`` once, if the build could not."""
+
+        def condense():
+            w_bar = ops.stop_gradient(self.compute_constrained_kernel()[0])
+            self._raw_kernel().assign(w_bar)
+            self.condense_pending.assign(False)
+            return ops.zeros((), "bool")
+
+        ops.cond(self.condense_pending.value, condense, lambda: ops.zeros((), "bool"))
+
     def call(self, inputs, training=None):
         if training:
+            if self.condense_pending is not None:
+                self._condense_if_pending()
             kernel = self._refresh()
             # The optimizer step that follows this call makes the cache stale.
             self.cache_stale.assign(True)
@@ -374,9 +423,10 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
         return config
 
     def _saved_variables(self) -> list:
-        """Variables written to a ``.keras`` file, in creation order (the flag excluded)."""
+        """Variables written to a ``.keras`` file, in creation order (the flags excluded)."""
         variables = self._trainable_variables + self._non_trainable_variables
-        return [v for v in variables if v is not self.cache_stale]
+        flags = (self.cache_stale, self.condense_pending)
+        return [v for v in variables if not any(v is flag for flag in flags)]
 
     def save_own_variables(self, store) -> None:
         """Save raw kernel, bias, state and the cache, brought to the current weights.
@@ -401,3 +451,5 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
         for i, variable in enumerate(variables):
             variable.assign(store[f"{i}"])
         self.cache_stale.assign(False)
+        if self.condense_pending is not None:  # the loaded kernel is the trained one
+            self.condense_pending.assign(False)

@@ -78,6 +78,7 @@ class SpectralConv2DTranspose(ConvBound, SpectralKernel, keras.layers.Conv2DTran
         maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
         conv_bound="frequency",
         condense_on_build=True,
+        keep_raw_scale=False,
         **kwargs,
     ):
         keras.layers.Conv2DTranspose.__init__(
@@ -110,6 +111,7 @@ class SpectralConv2DTranspose(ConvBound, SpectralKernel, keras.layers.Conv2DTran
                 maxiter_spectral=maxiter_spectral,
                 maxiter_bjorck=maxiter_bjorck,
                 condense_on_build=condense_on_build,
+                keep_raw_scale=keep_raw_scale,
             ),
             conv_bound,
         )

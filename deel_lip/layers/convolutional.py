@@ -188,6 +188,7 @@ class SpectralConv2D(_ConvKernel, SpectralKernel, PadConv2D):
         maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
         conv_bound="frequency",
         condense_on_build=True,
+        keep_raw_scale=False,
         **kwargs,
     ):
         PadConv2D.__init__(
@@ -219,6 +220,7 @@ class SpectralConv2D(_ConvKernel, SpectralKernel, PadConv2D):
                 maxiter_spectral=maxiter_spectral,
                 maxiter_bjorck=maxiter_bjorck,
                 condense_on_build=condense_on_build,
+                keep_raw_scale=keep_raw_scale,
             ),
             conv_bound,
         )
@@ -260,6 +262,7 @@ class FrobeniusConv2D(_ConvKernel, FrobeniusKernel, PadConv2D):
         k_coef_lip=1.0,
         conv_bound="frequency",
         condense_on_build=True,
+        keep_raw_scale=False,
         **kwargs,
     ):
         PadConv2D.__init__(
@@ -282,7 +285,7 @@ class FrobeniusConv2D(_ConvKernel, FrobeniusKernel, PadConv2D):
             **kwargs,
         )
         check_unit_dilation_and_groups(self)
-        self._init_frobenius(k_coef_lip, False, condense_on_build)
+        self._init_frobenius(k_coef_lip, False, condense_on_build, keep_raw_scale)
         # disjoint neurons make no sense for convolutions: keep the config minimal
         del self._lipschitz_args["disjoint_neurons"]
         self._init_conv_bound(conv_bound)
@@ -331,6 +334,7 @@ class SpectralConv1D(_ConvKernel, SpectralKernel, keras.layers.Conv1D):
         maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
         conv_bound="frequency",
         condense_on_build=True,
+        keep_raw_scale=False,
         **kwargs,
     ):
         keras.layers.Conv1D.__init__(
@@ -362,6 +366,7 @@ class SpectralConv1D(_ConvKernel, SpectralKernel, keras.layers.Conv1D):
                 maxiter_spectral=maxiter_spectral,
                 maxiter_bjorck=maxiter_bjorck,
                 condense_on_build=condense_on_build,
+                keep_raw_scale=keep_raw_scale,
             ),
             conv_bound,
         )

@@ -83,6 +83,7 @@ class SpectralDense(DenseKernel, SpectralKernel, keras.layers.Dense):
         maxiter_spectral=DEFAULT_MAXITER_SPECTRAL,
         maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
         condense_on_build=True,
+        keep_raw_scale=False,
         **kwargs,
     ):
         keras.layers.Dense.__init__(
@@ -107,6 +108,7 @@ class SpectralDense(DenseKernel, SpectralKernel, keras.layers.Dense):
             maxiter_spectral,
             maxiter_bjorck,
             condense_on_build,
+            keep_raw_scale,
         )
 
 
@@ -153,6 +155,7 @@ class FrobeniusDense(DenseKernel, FrobeniusKernel, keras.layers.Dense):
         disjoint_neurons=True,
         k_coef_lip=1.0,
         condense_on_build=True,
+        keep_raw_scale=False,
         **kwargs,
     ):
         keras.layers.Dense.__init__(
@@ -169,8 +172,4 @@ class FrobeniusDense(DenseKernel, FrobeniusKernel, keras.layers.Dense):
             bias_constraint=bias_constraint,
             **kwargs,
         )
-        self._init_frobenius(k_coef_lip, disjoint_neurons, condense_on_build)
-
-
-# The old private name, still imported by deel_lip.layers.aol (to be switched to the public one).
-_DenseKernel = DenseKernel
+        self._init_frobenius(k_coef_lip, disjoint_neurons, condense_on_build, keep_raw_scale)

@@ -106,6 +106,7 @@ class SpectralDepthwiseConv2D(ConstrainedKernel, keras.layers.DepthwiseConv2D):
         maxiter_spectral=10,
         conv_bound="frequency",
         condense_on_build=True,
+        keep_raw_scale=False,
         **kwargs,
     ):
         if not isinstance(padding, str) or padding.lower() not in _PADDINGS:
@@ -149,6 +150,7 @@ class SpectralDepthwiseConv2D(ConstrainedKernel, keras.layers.DepthwiseConv2D):
         self._init_constraint(
             k_coef_lip=k_coef_lip,
             condense_on_build=condense_on_build,
+            keep_raw_scale=keep_raw_scale,
             filterwise_normalisation=filterwise_normalisation,
             orthogonal=False,
             ortho_niter=ortho_niter,

@@ -34,6 +34,7 @@ class SpectralKernel(ConstrainedKernel):
         maxiter_spectral: int = DEFAULT_MAXITER_SPECTRAL,
         maxiter_bjorck: int = DEFAULT_MAXITER_BJORCK,
         condense_on_build=None,
+        keep_raw_scale=None,
     ) -> None:
         check_normalization_args(
             eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck, k_coef_lip
@@ -41,6 +42,7 @@ class SpectralKernel(ConstrainedKernel):
         self._init_constraint(
             k_coef_lip=k_coef_lip,
             condense_on_build=condense_on_build,
+            keep_raw_scale=keep_raw_scale,
             eps_spectral=eps_spectral,
             eps_bjorck=eps_bjorck,
             beta_bjorck=beta_bjorck,
@@ -72,13 +74,18 @@ class FrobeniusKernel(ConstrainedKernel):
     """Kernel divided by its Frobenius norm (``disjoint_neurons``: per output unit)."""
 
     def _init_frobenius(
-        self, k_coef_lip: float = 1.0, disjoint_neurons: bool = False, condense_on_build=None
+        self,
+        k_coef_lip: float = 1.0,
+        disjoint_neurons: bool = False,
+        condense_on_build=None,
+        keep_raw_scale=None,
     ) -> None:
         if not isinstance(disjoint_neurons, bool):
             raise ValueError(f"disjoint_neurons must be a bool, received: {disjoint_neurons!r}")
         self._init_constraint(
             k_coef_lip=k_coef_lip,
             condense_on_build=condense_on_build,
+            keep_raw_scale=keep_raw_scale,
             disjoint_neurons=disjoint_neurons,
         )
 

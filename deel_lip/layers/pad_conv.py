@@ -32,10 +32,6 @@ def check_unit_dilation_and_groups(layer) -> None:
         )
 
 
-# The old private name, still imported by deel_lip.layers.aol (to be switched to the public one).
-_check_unit_dilation_and_groups = check_unit_dilation_and_groups
-
-
 def _pad_amounts(kernel_size) -> list[tuple[int, int]]:
     """Explicit padding that keeps the spatial size at stride 1 (like "same")."""
     return [((k - 1) // 2, k // 2) for k in kernel_size]
