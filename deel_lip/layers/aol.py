@@ -186,26 +186,12 @@ class CenteredOrthogonal(keras.initializers.Initializer):
         return {"seed": self.seed}
 
 
-def refuse_lora(layer_name: str, kwargs: dict) -> None:
-    """Raise `ValueError` if ``lora_rank`` is given: a low-rank update of the raw kernel
-    would bypass nothing here, but its training would not be the rescaled kernel's."""
-    lora_rank = kwargs.pop("lora_rank", None)
-    if lora_rank is not None:
-        raise ValueError(
-            f"{layer_name} does not support LoRA: lora_rank must be None, received: {lora_rank!r}"
-        )
-
-
 class _AOLKernel(ConstrainedKernel):
     """AOL rescaling as the normalisation of a `ConstrainedKernel`."""
 
     def _normalize(self, kernel, state):
         w_hat = aol_rescale(kernel, self.rescaling_side)
         return w_hat * ops.cast(self._coef(), kernel.dtype), {}
-
-    def lipschitz_bound(self) -> float:
-        """The layer's Lipschitz constant: ``k_coef_lip`` times the wrapper's factor."""
-        return self._get_coef()
 
     def condense(self) -> None:
         """Bring the raw kernel to the scale of the rescaled one; the function is unchanged.
@@ -274,7 +260,6 @@ class AOLDense(DenseKernel, _AOLKernel, keras.layers.Dense):
         rescaling_side="auto",
         **kwargs,
     ):
-        refuse_lora(type(self).__name__, kwargs)
         keras.layers.Dense.__init__(
             self,
             units,
@@ -290,12 +275,6 @@ class AOLDense(DenseKernel, _AOLKernel, keras.layers.Dense):
             **kwargs,
         )
         self._init_constraint(k_coef_lip=k_coef_lip, rescaling_side=check_side(rescaling_side))
-
-    def get_config(self):
-        config = super().get_config()
-        config.pop("lora_rank", None)
-        config.pop("lora_alpha", None)
-        return config
 
 
 @keras.saving.register_keras_serializable("deel_lip")
@@ -359,7 +338,6 @@ class AOLConv2D(_AOLKernel, PadConv2D):
         name = type(self).__name__
         if not isinstance(padding, str) or padding.lower() not in AOL_PADDINGS:
             raise ValueError(f"{name} padding must be one of {AOL_PADDINGS}, received: {padding!r}")
-        refuse_lora(name, kwargs)
         if kernel_initializer == "centered_orthogonal":
             kernel_initializer = CenteredOrthogonal()
         PadConv2D.__init__(
@@ -394,9 +372,3 @@ class AOLConv2D(_AOLKernel, PadConv2D):
 
     def _export_class(self):
         return PadConv2D._export_class(self)
-
-    def get_config(self):
-        config = super().get_config()
-        config.pop("lora_rank", None)
-        config.pop("lora_alpha", None)
-        return config

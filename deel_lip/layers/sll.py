@@ -33,12 +33,24 @@ import keras
 from keras import ops
 
 from deel_lip._backend import eager_scope, no_autocast
-from deel_lip.layers.aol import CenteredOrthogonal, gram_abs_sums, refuse_lora, schur_scales
-from deel_lip.layers.base import Condensable, LipschitzLayer
+from deel_lip.layers.aol import CenteredOrthogonal, gram_abs_sums, schur_scales
+from deel_lip.layers.contract import (
+    Condensable,
+    LipschitzLayer,
+    refuse_unsupported_keras_arguments,
+)
 
 __all__ = ["SLLDense", "SLLConv2D"]
 
-_TOO_NARROW_DTYPES = ("float16", "bfloat16")
+
+def _refuse_lora(layer_name: str, kwargs: dict) -> None:
+    """`keras.layers.Layer` does not take ``lora_rank``: refuse it by name first."""
+    for argument in ("lora_rank", "lora_alpha"):
+        value = kwargs.pop(argument, None)
+        if value is not None:
+            raise ValueError(
+                f"{layer_name} does not support LoRA: {argument} must be None, received: {value!r}"
+            )
 
 
 def _check_positive_int_or_none(value, argument: str, layer: str) -> None:
@@ -66,15 +78,9 @@ class _SLLBlock(keras.layers.Layer, LipschitzLayer, Condensable):
         bias_regularizer=None,
         **kwargs,
     ):
-        refuse_lora(type(self).__name__, kwargs)
+        _refuse_lora(type(self).__name__, kwargs)
         super().__init__(**kwargs)
-        variable_dtype = keras.backend.standardize_dtype(self.dtype_policy.variable_dtype)
-        if variable_dtype in _TOO_NARROW_DTYPES:
-            raise ValueError(
-                f"{type(self).__name__} dtype must give float32 or float64 variables (use a "
-                f"mixed policy such as 'mixed_bfloat16'), received dtype policy "
-                f"{self.dtype_policy.name!r}"
-            )
+        refuse_unsupported_keras_arguments(self)  # 16-bit variables, quantized policies
         if not isinstance(use_bias, bool):
             raise ValueError(
                 f"{type(self).__name__} use_bias must be a bool, received: {use_bias!r}"
@@ -167,10 +173,6 @@ class _SLLBlock(keras.layers.Layer, LipschitzLayer, Condensable):
         return tuple(input_shape)
 
     # ------------------------------------------------------------ contract
-
-    def lipschitz_bound(self) -> float:
-        """The block's Lipschitz constant: ``k_coef_lip`` times the wrapper's factor."""
-        return self._get_coef()
 
     def condense(self) -> None:
         """Rescale the hidden units so that ``T = I``; the function is unchanged.
