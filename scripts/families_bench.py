@@ -6,7 +6,10 @@ Builds, all 1-Lipschitz, with `GroupSort2` and `ScaledL2NormPooling2D(2)` as in
 * ``spectral``: the reference CNN (`SpectralConv2D` 16 and 32, `SpectralDense` 64, 10);
 * ``aol``: the same with `AOLConv2D` / `AOLDense`;
 * ``aol+sll``: ``aol`` with an `SLLConv2D` residual block after each convolution stage
-  (before the pooling) and an `SLLDense` block after the dense 64.
+  (before the pooling) and an `SLLDense` block after the dense 64;
+* ``sll-deep``: an SLL-style network (`sll_deep`): AOL stem, 3 `SLLConv2D` blocks at
+  14 x 14 x 16, AOL transition, 3 blocks at 7 x 7 x 32, `AOLDense` 64, 2 `SLLDense`
+  blocks, `AOLDense` 10.
 
 `MulticlassHKR(alpha=50, min_margin=0.3)`, Adam 1e-3, batch 128, 4,000 real MNIST digits
 (1,000 held out), 6 epochs, ``jit_compile=True``, per seed: clean accuracy, certified
@@ -53,11 +56,25 @@ from deel_lip.utils import layer_operator_matrix  # noqa: E402
 N_TRAIN, N_TEST = 4_000, 1_000
 EPOCHS, BATCH_SIZE, LEARNING_RATE = 6, 128, 1e-3
 RADII = (0.5, 1.0, 1.58)
-BUILDS = ("spectral", "aol", "aol+sll")
+BUILDS = ("spectral", "aol", "aol+sll", "sll-deep")
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 
+def sll_deep() -> Sequential:
+    """SLL-style network: AOL stem and transitions, 3 + 3 convolutional and 2 dense SLL
+    blocks (16 channels at 14 x 14, 32 channels at 7 x 7)."""
+    layers = [keras.Input((28, 28, 1)), AOLConv2D(16, 3), GroupSort2(), ScaledL2NormPooling2D(2)]
+    layers += [SLLConv2D(3) for _ in range(3)]
+    layers += [AOLConv2D(32, 3), GroupSort2(), ScaledL2NormPooling2D(2)]
+    layers += [SLLConv2D(3) for _ in range(3)]
+    layers += [keras.layers.Flatten(), AOLDense(64), GroupSort2(), SLLDense(), SLLDense()]
+    layers.append(AOLDense(10))
+    return Sequential(layers)
+
+
 def build(name: str) -> Sequential:
+    if name == "sll-deep":
+        return sll_deep()
     conv, dense = (SpectralConv2D, SpectralDense) if name == "spectral" else (AOLConv2D, AOLDense)
     sll = name.endswith("+sll")
     layers = [keras.Input((28, 28, 1))]

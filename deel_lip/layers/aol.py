@@ -11,7 +11,8 @@ A linear map ``A`` (the layer's operator, ``y = A x``) is rescaled on its input 
 The same bound applied to ``A^T`` rescales the output side instead, ``diag(d) A`` with
 ``d`` from ``A A^T``; the layers use the side with fewer channels by default
 (``rescaling_side="auto"``): the row-sum bound of a low-rank Gram matrix is loose (a
-Dense ``1568 -> 64`` used 0.74 of its budget after training with input-side scaling).
+Dense ``1568 -> 64`` of the reference CNN used 0.74 of its budget after two epochs with
+input-side scaling, 0.90 with output-side scaling).
 
 More generally (the Schur test, used by SLL), for any ``q > 0`` the diagonal ``T`` with
 ``t_i = sum_j |M_ij| q_j / q_i`` satisfies ``M <= T`` for a symmetric ``M``, because
