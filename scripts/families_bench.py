@@ -37,6 +37,16 @@ from pathlib import Path  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from tightness import (  # noqa: E402  (scripts/tightness.py: the same settings)
+    BATCH_SIZE,
+    EPOCHS,
+    LEARNING_RATE,
+    N_TEST,
+    N_TRAIN,
+    OUTPUT_DIR,
+    RADII,
+    EpochTimer,
+)
 
 from deel_lip.datasets import load_mnist, train_test_split  # noqa: E402
 from deel_lip.layers import (  # noqa: E402
@@ -53,11 +63,7 @@ from deel_lip.model import Sequential  # noqa: E402
 from deel_lip.robustness import certified_accuracy  # noqa: E402
 from deel_lip.utils import layer_operator_matrix  # noqa: E402
 
-N_TRAIN, N_TEST = 4_000, 1_000
-EPOCHS, BATCH_SIZE, LEARNING_RATE = 6, 128, 1e-3
-RADII = (0.5, 1.0, 1.58)
 BUILDS = ("spectral", "aol", "aol+sll", "sll-deep")
-OUTPUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 
 def sll_deep() -> Sequential:
@@ -90,17 +96,6 @@ def build(name: str) -> Sequential:
     return Sequential(layers)
 
 
-class EpochTimer(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-
-
 def _exact_norms(model) -> list[float]:
     """Exact operator norm / constant of every linear constrained layer at its input size."""
     ratios = []
@@ -108,7 +103,7 @@ def _exact_norms(model) -> list[float]:
         if isinstance(layer, ConstrainedKernel):
             shape = tuple(layer.input.shape[1:])
             matrix = layer_operator_matrix(layer, shape)
-            ratios.append(float(np.linalg.norm(matrix, 2)) / layer._get_coef())
+            ratios.append(float(np.linalg.norm(matrix, 2)) / layer.lipschitz_bound())
     return ratios
 
 

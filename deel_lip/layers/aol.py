@@ -224,15 +224,18 @@ class AOLDense(DenseKernel, _AOLKernel, keras.layers.Dense):
     ``||W_hat||_2 <= k_coef_lip`` for any ``W`` (module docstring), with equality when
     ``W`` is orthogonal (``W W^T = I`` or ``W^T W = I``, e.g. the default orthogonal
     initialiser with ``rescaling_side="auto"``).
-    Cheaper than Bjorck (one ``n_in x n_in`` Gram matrix, no iteration); not gradient-norm
-    preserving in general, close to it after training (the paper's observation).
+    Cheaper than Bjorck (one Gram matrix of the smaller side, no iteration); not orthogonal
+    after training in general (docs/guide/layer_families.md measures how much of its
+    budget it uses).
 
     Args:
         units: number of output units.
-        activation: as in `keras.layers.Dense` (likewise ``use_bias``, initializers,
-            regularizers and constraints; ``lora_rank`` is refused).
+        kernel_initializer: default "orthogonal" (exact for ``rescaling_side="auto"``).
         k_coef_lip: Lipschitz constant of the layer (> 0).
         rescaling_side: "input", "output", or "auto" (default: the side with fewer units).
+        **kwargs: every other argument (``activation``, ``use_bias``, initializers,
+            regularizers, constraints, ...) as in `keras.layers.Dense` (``lora_rank`` and
+            quantization are refused).
 
     Input shape:
         ``(batch, ..., input_dim)``.
@@ -248,33 +251,12 @@ class AOLDense(DenseKernel, _AOLKernel, keras.layers.Dense):
     def __init__(
         self,
         units,
-        activation=None,
-        use_bias=True,
         kernel_initializer="orthogonal",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
         k_coef_lip=1.0,
         rescaling_side="auto",
         **kwargs,
     ):
-        keras.layers.Dense.__init__(
-            self,
-            units,
-            activation=activation,
-            use_bias=use_bias,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            activity_regularizer=activity_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-            **kwargs,
-        )
+        keras.layers.Dense.__init__(self, units, kernel_initializer=kernel_initializer, **kwargs)
         self._init_constraint(k_coef_lip=k_coef_lip, rescaling_side=check_side(rescaling_side))
 
 
@@ -291,9 +273,9 @@ class AOLConv2D(_AOLKernel, PadConv2D):
     input size and stride (module docstring).
 
     Args:
-        filters: as in `keras.layers.Conv2D` (likewise ``kernel_size``, ``strides``,
-            ``data_format``, ``activation``, ``use_bias``, initializers, regularizers and
-            constraints).
+        filters: as in `keras.layers.Conv2D` (likewise ``kernel_size``, ``strides`` and,
+            through ``**kwargs``, ``data_format``, ``activation``, ``use_bias``,
+            initializers, regularizers and constraints).
         padding: "same", "valid", "constant" (zero padding by ``((k - 1) // 2, k // 2)``)
             or "circular"; reflect/symmetric copy pixels and are refused.
         dilation_rate: must be 1.
@@ -321,17 +303,7 @@ class AOLConv2D(_AOLKernel, PadConv2D):
         kernel_size,
         strides=(1, 1),
         padding="same",
-        data_format=None,
-        dilation_rate=(1, 1),
-        activation=None,
-        use_bias=True,
         kernel_initializer="centered_orthogonal",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
         k_coef_lip=1.0,
         rescaling_side="auto",
         **kwargs,
@@ -347,17 +319,7 @@ class AOLConv2D(_AOLKernel, PadConv2D):
             kernel_size,
             strides=strides,
             padding=padding,
-            data_format=data_format,
-            dilation_rate=dilation_rate,
-            activation=activation,
-            use_bias=use_bias,
             kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            activity_regularizer=activity_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
             **kwargs,
         )
         check_unit_dilation_and_groups(self)
