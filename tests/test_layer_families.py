@@ -161,6 +161,13 @@ def test_aol_rescale_is_scale_invariant_and_condense_keeps_the_function():
         np.testing.assert_allclose(raw, constrained / layer.lipschitz_bound(), rtol=1e-5)
 
 
+def test_aol_condense_of_a_zero_kernel_stays_finite():
+    layer = _built(AOLDense(3), (4,), kernel=np.zeros((4, 3)))
+    layer.condense()
+    assert np.all(ops.convert_to_numpy(layer.kernel) == 0.0)
+    assert np.all(np.isfinite(ops.convert_to_numpy(layer.current_constrained_kernel())))
+
+
 # ---------------------------------------------------------------- SLL
 
 

@@ -194,22 +194,28 @@ class _AOLKernel(ConstrainedKernel):
         w_hat = aol_rescale(kernel, self.rescaling_side)
         return w_hat * ops.cast(self._coef(), kernel.dtype), {}
 
-    def condense(self) -> None:
-        """Bring the raw kernel to the scale of the rescaled one; the function is unchanged.
+    def _condensed_raw_kernel(self, raw, w_bar):
+        """The raw kernel rescaled to the norm of ``w_bar / k`` (graph-safe).
 
         AOL is invariant to the raw kernel's scale (``d(c K) = d(K) / c``) but not
-        idempotent, so the raw kernel is multiplied by ``||K_hat||_F / ||K||_F`` instead of
-        replaced: under Adam the raw scale sets the effective step size.
+        idempotent: replacing the raw kernel by the rescaled one would change the
+        function, multiplying it by ``||K_hat||_F / (k ||K||_F)`` does not.
         """
+        raw_norm = ops.sqrt(ops.sum(ops.square(raw)))
+        bar_norm = ops.sqrt(ops.sum(ops.square(w_bar))) / ops.cast(self._get_coef(), w_bar.dtype)
+        positive = ops.logical_and(raw_norm > 0, bar_norm > 0)
+        scale = ops.where(positive, bar_norm / ops.maximum(raw_norm, _MIN_ROW_SUM), 1.0)
+        return raw * ops.cast(scale, raw.dtype)
+
+    def condense(self) -> None:
+        """Bring the raw kernel to the scale of the rescaled one; the function is unchanged
+        (`_condensed_raw_kernel`): under Adam the raw scale sets the effective step size."""
         if not self.built:
             return
         with eager_scope():
             w_bar = self._refresh()
             raw = self._raw_kernel()
-            raw_norm = ops.sqrt(ops.sum(ops.square(raw.value)))
-            bar_norm = ops.sqrt(ops.sum(ops.square(w_bar))) / self._get_coef()
-            if float(raw_norm) > 0.0 and float(bar_norm) > 0.0:
-                raw.assign(raw.value * (bar_norm / raw_norm))
+            raw.assign(self._condensed_raw_kernel(raw.value, w_bar))
             self._refresh()
             self.cache_stale.assign(False)
 
