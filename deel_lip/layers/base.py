@@ -336,12 +336,19 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
             return ops.convert_to_tensor(self.constrained_kernel.value)
         return self.compute_constrained_kernel()[0]
 
+    def _condensed_raw_kernel(self, raw, w_bar):
+        """The raw kernel `condense()` writes (graph-safe): the constrained kernel itself,
+        for normalisations that are idempotent. A layer whose normalisation is not (AOL)
+        returns a rescaled ``raw`` instead, so that its function does not change."""
+        return w_bar
+
     def _condense_if_pending(self) -> None:
-        """In the graph: ``raw kernel <- constrained kernel`` once, if the build could not."""
+        """In the graph: `condense()`'s raw kernel, once, if the build could not."""
 
         def condense():
+            raw = self._raw_kernel()
             w_bar = ops.stop_gradient(self.compute_constrained_kernel()[0])
-            self._raw_kernel().assign(w_bar)
+            raw.assign(self._condensed_raw_kernel(ops.convert_to_tensor(raw.value), w_bar))
             self.condense_pending.assign(False)
             return ops.zeros((), "bool")
 
@@ -376,14 +383,16 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
     def condense(self) -> None:
         """Project the raw kernel on the constraint set and refresh the cache.
 
-        ``kernel <- constrained kernel`` (the normalisations are scale invariant, so the
-        layer's function does not change), then the cache and state are recomputed.
+        ``kernel <- constrained kernel`` (the normalisations are scale invariant and
+        idempotent, so the layer's function does not change; see `_condensed_raw_kernel`),
+        then the cache and state are recomputed.
         """
         if not self.built:
             return
         with eager_scope():
-            self._refresh()
-            self._raw_kernel().assign(self.constrained_kernel)
+            w_bar = self._refresh()
+            raw = self._raw_kernel()
+            raw.assign(self._condensed_raw_kernel(ops.convert_to_tensor(raw.value), w_bar))
             self._refresh()
             self.cache_stale.assign(False)
 
