@@ -45,7 +45,6 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from deel_lip._backend import eager_scope
 from deel_lip.layers.base import ConstrainedKernel
 from deel_lip.layers.dense import DenseKernel
 from deel_lip.layers.pad_conv import PadConv2D, check_unit_dilation_and_groups
@@ -195,7 +194,9 @@ class _AOLKernel(ConstrainedKernel):
         return w_hat * ops.cast(self._coef(), kernel.dtype), {}
 
     def _condensed_raw_kernel(self, raw, w_bar):
-        """The raw kernel rescaled to the norm of ``w_bar / k`` (graph-safe).
+        """The raw kernel `condense()` writes: ``raw`` rescaled to the norm of ``w_bar / k``
+        (graph-safe), so the raw kernel sits at the constrained scale (under Adam the raw
+        scale sets the effective step size).
 
         AOL is invariant to the raw kernel's scale (``d(c K) = d(K) / c``) but not
         idempotent: replacing the raw kernel by the rescaled one would change the
@@ -206,18 +207,6 @@ class _AOLKernel(ConstrainedKernel):
         positive = ops.logical_and(raw_norm > 0, bar_norm > 0)
         scale = ops.where(positive, bar_norm / ops.maximum(raw_norm, _MIN_ROW_SUM), 1.0)
         return raw * ops.cast(scale, raw.dtype)
-
-    def condense(self) -> None:
-        """Bring the raw kernel to the scale of the rescaled one; the function is unchanged
-        (`_condensed_raw_kernel`): under Adam the raw scale sets the effective step size."""
-        if not self.built:
-            return
-        with eager_scope():
-            w_bar = self._refresh()
-            raw = self._raw_kernel()
-            raw.assign(self._condensed_raw_kernel(raw.value, w_bar))
-            self._refresh()
-            self.cache_stale.assign(False)
 
 
 @keras.saving.register_keras_serializable("deel_lip")
