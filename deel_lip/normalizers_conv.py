@@ -18,7 +18,7 @@ import numpy as np
 from keras import ops
 
 from deel_lip._backend import vjp
-from deel_lip.normalizers import DEFAULT_EPS_SPECTRAL, DEFAULT_MAXITER_SPECTRAL, _safe_norm
+from deel_lip.normalizers import DEFAULT_EPS_SPECTRAL, DEFAULT_MAXITER_SPECTRAL, safe_norm
 
 __all__ = [
     "conv_coverage_1d",
@@ -229,12 +229,12 @@ def spectral_normalization_conv(
     def adjoint(y, k=kernel_const):
         return vjp(lambda x: conv(x, k), zeros, y)
 
-    u = ops.stop_gradient(u) / _safe_norm(u)
+    u = ops.stop_gradient(u) / safe_norm(u)
     for _ in range(int(maxiter)):
         new = adjoint(conv(u)) if conv_first else conv(adjoint(u))
-        u = ops.stop_gradient(new / _safe_norm(new))
+        u = ops.stop_gradient(new / safe_norm(new))
     # sigma = ||A u|| (or ||A^T u||) with the kernel itself: the divisor has a gradient
-    sigma = _safe_norm(conv(u, kernel) if conv_first else adjoint(u, kernel))
+    sigma = safe_norm(conv(u, kernel) if conv_first else adjoint(u, kernel))
     return kernel / (sigma + eps), u, sigma
 
 

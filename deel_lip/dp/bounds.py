@@ -134,7 +134,7 @@ def _activation_name(layer) -> str:
 
 
 def _linear_bound(layer, output_shape) -> LayerBound:
-    export = layer._export_class()
+    export = type(layer)
     supported = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D)
     transposed = (keras.layers.Conv2DTranspose, keras.layers.DepthwiseConv2D)
     if not issubclass(export, supported) or issubclass(export, transposed):
@@ -147,7 +147,7 @@ def _linear_bound(layer, output_shape) -> LayerBound:
         )
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         _refuse(layer, "only data_format='channels_last' is supported")
-    coef = float(layer._get_coef())
+    coef = float(layer.lipschitz_bound())
     if issubclass(export, keras.layers.Dense):
         factor = 1.0
     else:  # the coverage factor: sound for every input size, whatever the layer's own bound
@@ -193,7 +193,7 @@ def describe_layer(layer, output_shape) -> LayerBound | None:
     if isinstance(layer, _NORM_PRESERVING + _PARAMETER_FREE_LIPSCHITZ):
         if layer.trainable_weights:
             _refuse(layer, "it has trainable weights without a gradient bound")
-        return LayerBound(name=layer.name, lipschitz=float(layer._get_coef()))
+        return LayerBound(name=layer.name, lipschitz=float(layer.lipschitz_bound()))
     if isinstance(layer, _ISOMETRIES):
         return LayerBound(name=layer.name, lipschitz=1.0)
     if isinstance(layer, keras.layers.ReLU) and layer.max_value is None:

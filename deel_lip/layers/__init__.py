@@ -9,7 +9,8 @@ from deel_lip.layers.activations import (
     MaxMin,
     PReLUlip,
 )
-from deel_lip.layers.base import Condensable, ConstrainedKernel, LipschitzLayer
+from deel_lip.layers.aol import AOLConv2D, AOLDense
+from deel_lip.layers.base import Condensable, ConstrainedKernel, LipschitzBounded, LipschitzLayer
 from deel_lip.layers.convolutional import (
     FrobeniusConv2D,
     PadConv2D,
@@ -27,10 +28,12 @@ from deel_lip.layers.pooling import (
 )
 from deel_lip.layers.resampling import InvertibleDownSampling, InvertibleUpSampling
 from deel_lip.layers.residual import BatchCentering, LayerCentering, LipResidual
+from deel_lip.layers.sll import SLLConv2D, SLLDense
 
 __all__ = [
     "LipschitzLayer",
     "Condensable",
+    "LipschitzBounded",
     "ConstrainedKernel",
     "SpectralDense",
     "FrobeniusDense",
@@ -40,6 +43,10 @@ __all__ = [
     "SpectralConv1D",
     "SpectralConv2DTranspose",
     "SpectralDepthwiseConv2D",
+    "AOLDense",
+    "AOLConv2D",
+    "SLLDense",
+    "SLLConv2D",
     "GroupSort",
     "GroupSort2",
     "FullSort",

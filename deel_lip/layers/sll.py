@@ -302,7 +302,7 @@ class SLLConv2D(_SLLBlock):
         hidden_filters: ``m``, the number of hidden channels (default: the input's ``c``).
         k_coef_lip: Lipschitz constant of the block (> 0).
         kernel_initializer: default "centered_orthogonal"
-            (`deel_lip.layers.aol.CenteredOrthogonal`: ``T = I`` and, when ``m <= c``, an
+            (`deel_lip.initializers.CenteredOrthogonal`: ``T = I`` and, when ``m <= c``, an
             orthogonal Jacobian at initialisation), or any Keras initializer.
         use_bias, bias_initializer, kernel_regularizer, bias_regularizer: as in
             `SLLDense`.

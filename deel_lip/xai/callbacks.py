@@ -20,10 +20,10 @@ import numpy as np
 
 from deel_lip.xai._xplique import attribution_class, require_matplotlib
 from deel_lip.xai.evaluate import (
-    _check_kwargs,
-    _check_seed,
-    _metric_name,
+    check_kwargs,
+    check_seed,
     evaluate_attributions,
+    metric_name,
     seeded,
 )
 from deel_lip.xai.explain import explainer
@@ -112,7 +112,7 @@ class XpliqueMetricsCallback(keras.callbacks.Callback):
         super().__init__()
         self.x, self.y = _check_batch(x, y)
         self.methods = _names(methods, lambda m: attribution_class(m).__name__, "methods")
-        self.metrics = _names(metrics, _metric_name, "metrics")
+        self.metrics = _names(metrics, metric_name, "metrics")
         refused = [name for name in self.metrics if name in ("MeGe", "ReCo")]
         if refused:
             raise ValueError(
@@ -121,9 +121,9 @@ class XpliqueMetricsCallback(keras.callbacks.Callback):
                 "learning_algorithm= instead"
             )
         self.every = _check_every(every)
-        self.seed = _check_seed(seed)
-        self.method_kwargs = _check_kwargs("method_kwargs", method_kwargs, self.methods)
-        self.metric_kwargs = _check_kwargs("metric_kwargs", metric_kwargs, self.metrics)
+        self.seed = check_seed(seed)
+        self.method_kwargs = check_kwargs("method_kwargs", method_kwargs, self.methods)
+        self.metric_kwargs = check_kwargs("metric_kwargs", metric_kwargs, self.metrics)
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"prefix must be a non-empty str, received: {prefix!r}")
         self.prefix = prefix
@@ -256,7 +256,7 @@ class AttributionSnapshotCallback(keras.callbacks.Callback):
             raise ValueError(f"directory must be a non-empty path, received: {directory!r}")
         self.directory = str(directory)
         self.every = _check_every(every)
-        self.seed = _check_seed(seed)
+        self.seed = check_seed(seed)
         if method_kwargs is not None and not isinstance(method_kwargs, dict):
             raise ValueError(f"method_kwargs must be a dict, received: {method_kwargs!r}")
         self.method_kwargs = dict(method_kwargs or {})

@@ -30,7 +30,7 @@ from deel_lip.xai.targets import targets_from_labels
 __all__ = ["evaluate_attributions", "seeded"]
 
 
-def _check_seed(seed) -> int:
+def check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, received: {seed!r}")
     return int(seed)
@@ -48,7 +48,7 @@ def seeded(seed: int) -> Iterator[None]:
     Raises:
         ValueError: if ``seed`` is not an int >= 0.
     """
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     python_state = random.getstate()
     numpy_state = np.random.get_state()
     next_seed = int(tf.random.uniform((), maxval=2**31 - 1, dtype=tf.int64))
@@ -69,13 +69,13 @@ def _as_list(value) -> list:
     return list(value)
 
 
-def _metric_name(metric) -> str:
+def metric_name(metric) -> str:
     if isinstance(metric, str) and metric.lower() == "reco":
         return "ReCo"
     return metric_class(metric).__name__
 
 
-def _check_kwargs(argument: str, kwargs, names: list[str]) -> dict:
+def check_kwargs(argument: str, kwargs, names: list[str]) -> dict:
     kwargs = dict(kwargs or {})
     unknown = sorted(set(kwargs) - set(names))
     if unknown:
@@ -248,15 +248,15 @@ def evaluate_attributions(
             or any error of `explainer`.
     """
     require_xplique()
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     method_classes = [attribution_class(method) for method in _as_list(methods)]
     method_names = [cls.__name__ for cls in method_classes]
-    metric_names = [_metric_name(metric) for metric in _as_list(metrics)]
+    metric_names = [metric_name(metric) for metric in _as_list(metrics)]
     for argument, names in (("methods", method_names), ("metrics", metric_names)):
         if len(set(names)) != len(names):
             raise ValueError(f"{argument} must not repeat a name, received: {names}")
-    method_kwargs = _check_kwargs("method_kwargs", method_kwargs, method_names)
-    metric_kwargs = _check_kwargs("metric_kwargs", metric_kwargs, metric_names)
+    method_kwargs = check_kwargs("method_kwargs", method_kwargs, method_names)
+    metric_kwargs = check_kwargs("metric_kwargs", metric_kwargs, metric_names)
     inputs = np.asarray(inputs, dtype="float32")
     view = logits_model(model, input_shape=input_shape)
     output_shape = view.outputs[0].shape

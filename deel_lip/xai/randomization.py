@@ -156,7 +156,7 @@ def lipschitz_bounds(model) -> dict[str, tuple[float, float]]:
             norm = float(np.linalg.norm(matrix, axis=0).max())
         else:
             norm = float(compute_layer_sv(layer)[1])
-        bounds[layer.name] = (norm, float(layer._get_coef()))
+        bounds[layer.name] = (norm, float(layer.lipschitz_bound()))
     return bounds
 
 
