@@ -26,12 +26,13 @@ lint: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
+# Two pytest-xdist workers (one per core; files stay whole, so module fixtures train once).
 test: lint docs
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
-	$(BIN)/python -m pytest --nbmake notebooks
+	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --nbmake notebooks
 
 notebooks: install
-	$(BIN)/python -m pytest --nbmake notebooks
+	$(BIN)/python -m pytest -n 2 --nbmake notebooks
 
 # The suite runs in file order (pytest.ini: -p no:randomly); this reruns the xai tests,
 # whose module fixtures train models, in shuffled orders to catch order dependence.

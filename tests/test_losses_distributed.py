@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 #: Two logical CPU devices, set before TensorFlow initialises (shared by the scripts).
 _TWO_CPUS = textwrap.dedent(
@@ -217,6 +218,7 @@ _TWO_STRATEGIES = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # ~30 s; `pytest -m slow` and the full check run it
 def test_two_mirrored_strategies_in_one_process():
     """One shared strategy and a non-collective second strategy train exactly; a second
     collective strategy (TensorFlow reuses its collective keys) is warned about."""

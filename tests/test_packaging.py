@@ -263,6 +263,7 @@ def test_fresh_process_loads_a_saved_model_after_import_deel_lip_alone(tmp_path)
 # ------------------------------------------------------------------ sdist and wheel
 
 
+@pytest.mark.slow  # ~30 s; `pytest -m slow` and the full check run it
 def test_sdist_ships_tests_that_run(tmp_path):
     src = _source_copy(tmp_path)
     _run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "-o", tmp_path], src)

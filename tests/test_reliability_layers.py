@@ -197,6 +197,7 @@ def test_binary_hkr_model_ending_in_spectral_dense_1_trains_finite_under_xla(dig
             assert np.all(np.isfinite(ops.convert_to_numpy(weight))), weight.path
 
 
+@pytest.mark.slow  # ~30 s; `pytest -m slow` and the full check run it
 def test_conv_stack_with_k_coef_lip_3_trains_finite_under_xla(digits):
     images, labels = digits
     x, y = images[:256], keras.utils.to_categorical(labels[:256], 10)

@@ -144,7 +144,9 @@ def test_attack_boundaries_are_no_closer_than_the_certificate(otnn):
         assert found.mean() > 0.8, boundary
         assert np.all(result.distances[found] >= bound[found] * (1 - 1e-4)), boundary
         margin = _margin(model, result.points[found], y[found])
-        assert np.all(margin <= 0.0) and np.all(margin >= -np.sqrt(2.0) * 1e-3 - 1e-5)
+        # float32: the margin recomputed here on another batch rounds differently from the
+        # attack's own evaluation (measured +2e-8 on a point the attack saw at <= 0)
+        assert np.all(margin <= 1e-6) and np.all(margin >= -np.sqrt(2.0) * 1e-3 - 1e-5)
 
 
 def test_library_entry_points_and_label_encodings(otnn):

@@ -119,6 +119,7 @@ def test_metrics_change_as_the_model_trains(run):
     assert sparseness[0] != sparseness[2]
 
 
+@pytest.mark.slow  # ~30 s; `pytest -m slow` and the full check run it
 def test_same_seed_same_values_and_training_unaffected(run, data):
     history, _, _ = run
     _, _, x, y = data
