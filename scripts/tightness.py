@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from deel_lip.callbacks import CondenseCallback  # noqa: E402
 from deel_lip.datasets import load_mnist, train_test_split  # noqa: E402
 from deel_lip.layers import (  # noqa: E402
+    ConstrainedKernel,
     GroupSort2,
     ScaledL2NormPooling2D,
     SpectralConv2D,
@@ -134,14 +135,14 @@ def _fit(conv_bound, data, seed, epochs, jit_compile):
     return model, callbacks[0].seconds
 
 
-def _exact_norms(model) -> list[float]:
-    """Exact operator norm / k of every constrained layer at its input size."""
+def exact_norms(model) -> list[float]:
+    """Exact operator norm / bound of every linear constrained layer at its input size."""
     ratios = []
     for layer in model.layers:
-        if isinstance(layer, (SpectralConv2D, SpectralDense)):
+        if isinstance(layer, ConstrainedKernel):
             shape = tuple(layer.input.shape[1:])
             matrix = layer_operator_matrix(layer, shape)
-            ratios.append(float(np.linalg.norm(matrix, 2)) / layer.k_coef_lip)
+            ratios.append(float(np.linalg.norm(matrix, 2)) / layer.lipschitz_bound())
     return ratios
 
 
@@ -152,7 +153,7 @@ def run_one(conv_bound, data, seed, epochs) -> dict:
     logits = model.predict(x_test, batch_size=256, verbose=0)
     accuracy = float(np.mean(np.argmax(logits, -1) == y_test))
     cert = certified_accuracy(model, x_test, y_test, RADII, disjoint_neurons=False)
-    norms = _exact_norms(model)
+    norms = exact_norms(model)
     honest = certified_accuracy(
         model, x_test, y_test, (1.0,), lip_const=float(np.prod(norms)), disjoint_neurons=False
     )[1.0]
@@ -169,7 +170,8 @@ def run_one(conv_bound, data, seed, epochs) -> dict:
     return row
 
 
-def _mean_se(values) -> str:
+def mean_se(values) -> str:
+    """``mean +- standard error`` (3 decimals) of per-seed values."""
     values = np.asarray(values, np.float64)
     se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
     return f"{values.mean():.3f} +- {se:.3f}"
@@ -188,10 +190,10 @@ def markdown(rows, timing, settings) -> str:
         rs = [r for r in rows if r["conv_bound"] == bound]
         if not rs:
             continue
-        cells = [_mean_se([r["accuracy"] for r in rs])]
-        cells += [_mean_se([r["certified"][str(x)] for r in rs]) for x in RADII]
-        cells.append(_mean_se([r["honest_certified_1.0"] for r in rs]))
-        cells += [_mean_se([r["exact_norm_over_k"][i] for r in rs]) for i in (0, 1)]
+        cells = [mean_se([r["accuracy"] for r in rs])]
+        cells += [mean_se([r["certified"][str(x)] for r in rs]) for x in RADII]
+        cells.append(mean_se([r["honest_certified_1.0"] for r in rs]))
+        cells += [mean_se([r["exact_norm_over_k"][i] for r in rs]) for i in (0, 1)]
         cells.append(f"{np.mean([r['seconds_per_epoch_xla'] for r in rs]):.2f}")
         lines.append(f"| {bound} | " + " | ".join(cells) + " |")
     if timing:
