@@ -375,6 +375,22 @@ def test_layer_built_while_keras_traces_fit_starts_condensed():
     )
 
 
+def test_weights_do_not_depend_on_where_the_model_was_built():
+    """A model built in fit's trace has the same weight list as one built eagerly, so
+    ``clone_model`` + ``set_weights(get_weights())`` reproduce it exactly."""
+    x = np.random.default_rng(0).random((32, 3)).astype("float32")
+    traced = keras.Sequential([L.SpectralDense(4), L.GroupSort2(), L.SpectralDense(2)])
+    traced.compile("adam", "mse")
+    traced.fit(x, x[:, :2], epochs=1, verbose=0)
+    eager = keras.Sequential(
+        [keras.Input((3,)), *(type(la).from_config(la.get_config()) for la in traced.layers)]
+    )
+    assert [w.shape for w in eager.get_weights()] == [w.shape for w in traced.get_weights()]
+    clone = keras.models.clone_model(traced)
+    clone.set_weights(traced.get_weights())
+    np.testing.assert_array_equal(clone.predict(x, verbose=0), traced.predict(x, verbose=0))
+
+
 def test_layer_built_in_a_user_tf_function_is_condensed_by_its_first_training_call():
     init = keras.initializers.RandomNormal(stddev=4.0, seed=1)
     layer = L.SpectralDense(3, kernel_initializer=init)

@@ -226,23 +226,29 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
         # `tf.distribute` strategy it keeps its initializer's scale).
         if self.keep_raw_scale:
             kernel.constraint = self._scale_keeping_constraint(kernel.constraint)
-        self.condense_pending = None
-        if executing_eagerly() or _has_eager_value(kernel):
+        eager_build = executing_eagerly() or _has_eager_value(kernel)
+        # Python flag: only a layer built in a trace adds the in-graph condense to its
+        # training call. The variable exists in every layer, so the weight list of a model
+        # does not depend on where it was built (clone_model + set_weights work across).
+        self._condense_in_graph = (
+            not eager_build and self.condense_on_build and num_replicas_in_sync() == 1
+        )
+        self.condense_pending = self.add_weight(
+            name="condense_pending",
+            shape=(),
+            dtype="bool",
+            initializer="ones" if self._condense_in_graph else "zeros",
+            trainable=False,
+            autocast=False,
+            aggregation=_STATE_AGGREGATION,
+        )
+        if eager_build:
             with eager_scope():
                 if self.condense_on_build:
                     self.condense()
                 else:
                     self._refresh()
                     self.cache_stale.assign(False)
-        elif self.condense_on_build and num_replicas_in_sync() == 1:
-            self.condense_pending = self.add_weight(
-                name="condense_pending",
-                shape=(),
-                dtype="bool",
-                initializer="ones",
-                trainable=False,
-                autocast=False,
-            )
 
     def _scale_keeping_constraint(self, user_constraint):
         """Constraint run by the optimizer after each update (in the train step): the user's
@@ -356,7 +362,7 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
 
     def call(self, inputs, training=None):
         if training:
-            if self.condense_pending is not None:
+            if self._condense_in_graph:
                 self._condense_if_pending()
             kernel = self._refresh()
             # The optimizer step that follows this call makes the cache stale.
@@ -460,5 +466,4 @@ class ConstrainedKernel(LipschitzLayer, Condensable):
         for i, variable in enumerate(variables):
             variable.assign(store[f"{i}"])
         self.cache_stale.assign(False)
-        if self.condense_pending is not None:  # the loaded kernel is the trained one
-            self.condense_pending.assign(False)
+        self.condense_pending.assign(False)  # the loaded kernel is the trained one
