@@ -35,7 +35,6 @@ import numpy as np  # noqa: E402
 from deel_lip.callbacks import CondenseCallback  # noqa: E402
 from deel_lip.datasets import load_mnist, train_test_split  # noqa: E402
 from deel_lip.layers import (  # noqa: E402
-    ConstrainedKernel,
     GroupSort2,
     ScaledL2NormPooling2D,
     SpectralConv2D,
@@ -136,10 +135,11 @@ def _fit(conv_bound, data, seed, epochs, jit_compile):
 
 
 def exact_norms(model) -> list[float]:
-    """Exact operator norm / bound of every linear constrained layer at its input size."""
+    """Exact operator norm / bound of every linear constrained layer at its input size
+    (the layers with a ``linear_map``: `ConstrainedKernel` layers, `OrthogonalConv2D`)."""
     ratios = []
     for layer in model.layers:
-        if isinstance(layer, ConstrainedKernel):
+        if hasattr(layer, "linear_map"):
             shape = tuple(layer.input.shape[1:])
             matrix = layer_operator_matrix(layer, shape)
             ratios.append(float(np.linalg.norm(matrix, 2)) / layer.lipschitz_bound())

@@ -22,6 +22,7 @@ from deel_lip.layers import (
     SpectralDense,
 )
 from deel_lip.layers.aol import AOL_PADDINGS, AOL_SIDES, AOLConv2D, AOLDense
+from deel_lip.layers.orthogonal_conv import ORTHOGONAL_PADDINGS, OrthogonalConv2D
 from deel_lip.layers.sll import SLLConv2D, SLLDense
 
 KERNELS_2D = [1, 2, 3, 5, (3, 1)]
@@ -91,6 +92,15 @@ AXES = {
         "k_coef_lip": K_COEFS,
         "rescaling_side": list(AOL_SIDES),
     },
+    "OrthogonalConv2D": {
+        "kernel_size": KERNELS_2D,
+        "strides": STRIDES_2D,
+        "padding": list(ORTHOGONAL_PADDINGS),
+        "channels": CHANNELS,
+        "size": SIZES_2D,
+        "k_coef_lip": K_COEFS,
+        "projector_rank": [None, 1],
+    },
     "AOLDense": {
         "channels": [(8, 20), (20, 8), (12, 12)],
         "rank": [2, 3],
@@ -135,9 +145,10 @@ def is_valid(kind: str, cfg: dict) -> bool:
     (plain `keras.layers.Conv2DTranspose` too: AbortedError from oneDNN), so the layer
     refuses it at construction.
 
-    AOLConv2D refuses a kernel smaller than the stride (it would skip pixels).
+    AOLConv2D and OrthogonalConv2D refuse a kernel smaller than the stride (it would skip
+    pixels).
     """
-    if kind == "AOLConv2D" and any(
+    if kind in ("AOLConv2D", "OrthogonalConv2D") and any(
         k < s for k, s in zip(_pair(cfg["kernel_size"]), _pair(cfg["strides"]))
     ):
         return False
@@ -280,6 +291,8 @@ def make_layer(kind: str, cfg: dict, name: str | None = None):
     conv["padding"] = cfg["padding"]
     if kind == "FrobeniusConv2D":
         return FrobeniusConv2D(c_out, **conv, **common)
+    if kind == "OrthogonalConv2D":
+        return OrthogonalConv2D(c_out, **conv, projector_rank=cfg["projector_rank"], **common)
     if kind == "AOLConv2D":
         return AOLConv2D(c_out, **conv, rescaling_side=cfg["rescaling_side"], **common)
     if kind == "SpectralConv2D":
@@ -297,6 +310,25 @@ def make_layer(kind: str, cfg: dict, name: str | None = None):
                 c_out, **conv, output_padding=output_padding, **common, **_normalization_args(cfg)
             )
     raise ValueError(f"unknown layer kind {kind!r}")
+
+
+def raw_parameters(layer) -> list:
+    """The trainable matrices a guarantee test randomises: the raw kernel of a
+    `ConstrainedKernel` layer, the orthogonal matrix and frames of an `OrthogonalConv2D`."""
+    if isinstance(layer, OrthogonalConv2D):
+        return [layer.orthogonal, *layer.frames]
+    return [layer._raw_kernel()]
+
+
+def is_orthogonal(kind: str, cfg: dict) -> bool:
+    """Configurations that preserve norms exactly: an `OrthogonalConv2D` with circular
+    padding, stride 1 and at least as many filters as input channels."""
+    return (
+        kind == "OrthogonalConv2D"
+        and cfg["padding"] == "circular"
+        and _pair(cfg["strides"]) == (1, 1)
+        and cfg["channels"][1] >= cfg["channels"][0]
+    )
 
 
 def worst_norm(kind: str, cfg: dict, matrix: np.ndarray) -> float:

@@ -18,6 +18,8 @@ with disjoint neurons: the norm of each output's row):
   its largest singular value under the frequency bound) has all its singular values within
   1e-3 of 1, after training and from a non-orthogonal random
   kernel with singular values in [0.5, 2];
+* (c') an `OrthogonalConv2D` with circular padding, stride 1 and ``filters >= c_in`` has
+  all its singular values within 1e-3 of ``k`` (exactly orthogonal);
 * (d) for stride-1 "valid"/"same"/"circular" convolutions, the ratio exact norm / k is
   printed (``pytest -rP`` or ``-s`` shows the ``TIGHTNESS`` lines), not asserted.
 
@@ -76,6 +78,10 @@ def _check(kind, cfg, layer, stage, worst, matrix=None, bjorck=False) -> list[st
         failures.append(f"{label}: exact norm {norm:.8f} > k_coef_lip {k} (ratio {norm / k:.6f})")
     if cases.is_tightness_reported(kind, cfg):
         print(f"TIGHTNESS {label}: exact norm / k = {norm / k:.4f}")
+    if cases.is_orthogonal(kind, cfg):
+        low = float(np.linalg.svd(matrix, compute_uv=False).min())
+        if low < k * (1 - BJORCK_TOL):
+            failures.append(f"{label}: not orthogonal, smallest singular value / k {low / k:.6f}")
     if bjorck and cases.is_bjorck(kind, cfg):
         deviation = _bjorck_deviation(layer)
         if deviation > BJORCK_TOL:
@@ -97,12 +103,12 @@ def _random_kernel_layer(kind, cfg, seed, conditioned=False):
     shape = cases.input_shape(kind, cfg)
     layer.build((None,) + shape)
     rng = np.random.default_rng(seed)
-    kernel = layer._raw_kernel()
-    if conditioned:
-        value = _conditioned_kernel(tuple(kernel.shape), rng)
-    else:
-        value = 2.0 * rng.standard_normal(kernel.shape)
-    kernel.assign(value.astype(kernel.dtype))
+    for kernel in cases.raw_parameters(layer):
+        if conditioned:
+            value = _conditioned_kernel(tuple(kernel.shape), rng)
+        else:
+            value = 2.0 * rng.standard_normal(kernel.shape)
+        kernel.assign(value.astype(kernel.dtype))
     layer(np.zeros((1,) + shape, "float32"), training=True)  # refresh the cache
     return layer
 

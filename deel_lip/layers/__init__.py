@@ -20,6 +20,7 @@ from deel_lip.layers.convolutional import (
 )
 from deel_lip.layers.dense import FrobeniusDense, SpectralDense
 from deel_lip.layers.depthwise import SpectralDepthwiseConv2D
+from deel_lip.layers.orthogonal_conv import OrthogonalConv2D
 from deel_lip.layers.pooling import (
     ScaledAveragePooling2D,
     ScaledGlobalAveragePooling2D,
@@ -43,6 +44,7 @@ __all__ = [
     "SpectralConv1D",
     "SpectralConv2DTranspose",
     "SpectralDepthwiseConv2D",
+    "OrthogonalConv2D",
     "AOLDense",
     "AOLConv2D",
     "SLLDense",
