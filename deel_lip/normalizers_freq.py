@@ -21,17 +21,24 @@ w*_a|)`` at the grid point ``g`` nearest to ``w*`` (one axis after the other). S
 (Araujo, Negrevergne, Chevaleyre, Atif, "On Lipschitz regularization of convolutional
 layers using Toeplitz matrix theory", AAAI 2021, use the same correction, per axis).
 
-Two levels: a coarse grid ranks the frequencies; the ``top`` coarse cells with the largest
-upper bounds are refined by a grid ``refine`` times finer. With ``u`` the per-frequency
-upper bounds, ``M <= max(max_fine u / cos_fine, u_(top + 1) / cos_coarse)``: if the coarse
-point nearest to a maximiser is refined, a fine point lies within half a fine step of it,
-otherwise its bound is at most the ``(top + 1)``-th largest. Sound whatever the kernel;
-tight when the peak of ``||T||`` is localised (the usual case).
+Levels: a coarse grid ranks the frequencies; the ``top`` cells with the largest upper
+bounds are refined by a grid ``factor`` times finer, whose best cells are refined again
+(`LEVELS`). With ``u`` the per-frequency upper bounds, ``M <= max(max_fine u / cos_fine,
+cap_0, cap_1, ...)`` with ``cap_l = u_(top_l + 1) / cos_l`` at level ``l``: the point of a
+level nearest to a maximiser is either refined (a point of the next level lies within
+half of its step) or bounded by the ``(top + 1)``-th largest value. Sound whatever the
+kernel; tight when the cells within ``cos_l`` of the peak are refined. Trained kernels
+have flat spectra (``||T(w)||`` within 3.5 % of its peak on about half of the 24-per-degree
+grid), hence the wide first refinement.
 
 Per-frequency norm: Gram iteration (Delattre, Barthelemy, Araujo, Allauzen, ICML 2023,
 "Efficient bound of Lipschitz constant for convolutional layers by Gram iteration"):
 ``lambda_max(G) <= ||G^(2^t)||_F^(1/2^t)`` for the Hermitian ``G = T^H T`` (small side),
-rescaled at each squaring, in real arithmetic (``G = X + i Y``), batched over frequencies.
+rescaled at each squaring, in real arithmetic (``G = X + i Y``, two real products per
+squaring), batched over frequencies; on the ranking levels, on ``G - s I`` (shifted,
+`_gram_iteration`). ``G(w)`` itself is a trigonometric polynomial whose coefficients (the
+kernel's autocorrelation, summed once in float64) are combined with a table of cosines
+and sines: one product per level, no transfer matrix.
 Computed without gradient; the gradient is the one of ``||T(w*) v||`` at the maximising
 fine frequency ``w*`` with ``v`` from the last Gram iterate (a subgradient of the top
 singular value, finite at repeated singular values; no eigh / svd).
@@ -46,19 +53,24 @@ from collections.abc import Sequence
 import numpy as np
 from keras import ops
 
+from deel_lip._backend import in_xla_context
+
 __all__ = ["conv_frequency_bound", "frequency_grid_sizes"]
 
 #: Coarse grid points per unit of degree along each axis.
-COARSE_PER_DEGREE = 48
-#: Refinement factor of the top coarse cells (odd).
-REFINE = 5
-#: Number of coarse cells refined.
-TOP_CELLS = 8
-#: Gram iterations on the coarse grid (ranking) and on the fine grids (the bound).
-COARSE_ITERATIONS = 3
-FINE_ITERATIONS = 12
-#: Relative margin for float32 rounding of the transfer matrices and Gram products
-#: (their relative error is below 1e-6 for kernels of up to a few thousand entries).
+COARSE_PER_DEGREE = 24
+#: Gram iterations on the coarse grid (ranking and cap).
+COARSE_ITERATIONS = 2
+#: Refinement levels after the coarse grid, each ``(cells, factor, iterations)``: the
+#: ``cells`` points of the previous level with the largest bounds are refined by a grid
+#: ``factor`` (odd) times finer, with ``iterations`` Gram iterations on the new points.
+#: The last level gives the fine bound.
+LEVELS = ((160, 3, 3), (32, 3, 3), (8, 3, 10))
+#: Coarse grid density factor when the Gram matrix is 1 x 1 (its points cost no squaring).
+RANK_ONE_DENSITY = 3
+#: Relative margin for float32 rounding of the Gram matrices and of their squarings
+#: (relative error below 1e-6: the autocorrelation is summed in float64, each Gram matrix
+#: is a float32 sum of at most a few dozen terms).
 ROUNDING_SAFETY = 1e-5
 _TINY = 1e-30
 
@@ -112,16 +124,12 @@ def _coarse_grid(sizes: Sequence[int]) -> np.ndarray:
     return 2.0 * np.pi * np.asarray(points, np.float64) / np.asarray(sizes, np.float64)
 
 
-def _fine_offsets(sizes: Sequence[int]) -> np.ndarray:
-    """Offsets of the fine grid covering one coarse cell (``REFINE`` points per refined
-    axis, step ``2 pi / (REFINE N_a)``, the farthest point of the cell within half a step)."""
-    axes = []
-    for n in sizes:
-        if n == 1:
-            axes.append(np.zeros(1))
-        else:
-            half = (REFINE - 1) // 2
-            axes.append(2.0 * np.pi * np.arange(-half, half + 1) / (REFINE * n))
+def _fine_offsets(steps: Sequence[float], factor: int) -> np.ndarray:
+    """Offsets of the grid covering one cell of steps ``steps`` (``factor`` points per
+    refined axis, step ``steps_a / factor``: every point of the cell lies within half a
+    new step of one of them)."""
+    half = (factor - 1) // 2
+    axes = [step * np.arange(-half, half + 1) / factor if step else np.zeros(1) for step in steps]
     return np.asarray(list(itertools.product(*axes)), np.float64)
 
 
@@ -129,16 +137,79 @@ def _tap_positions(taps: Sequence[int]) -> np.ndarray:
     return np.asarray(list(itertools.product(*(range(t) for t in taps))), np.float64)
 
 
+def _lags(taps: Sequence[int]) -> np.ndarray:
+    """Lags ``delta = p - q`` of the Gram polynomial: 0 then one of each pair ``{d, -d}``."""
+    ranges = [range(1 - t, t) for t in taps]
+    half = [d for d in itertools.product(*ranges) if d > tuple(-x for x in d)]
+    return np.asarray([(0,) * len(taps)] + half, np.float64)
+
+
+def _gram_taps(kernel, lags: np.ndarray):
+    """Coefficients of the Hermitian Gram polynomial on the small side of ``T``.
+
+    ``G(w) = T^H T = sum_delta C_delta e^{i <w, delta>}`` with
+    ``C_delta = sum_p K_p^T K_{p + delta}`` (``T T^H`` and ``sum_q K_{q + delta} K_q^T`` when
+    ``a < b``), ``C_{-delta} = C_delta^T``, so ``G = X + i Y`` with
+    ``X(w) = sum_l S_l cos<w, d_l>``, ``Y(w) = sum_l A_l sin<w, d_l>`` over the half set of
+    lags ``d_l`` (`_lags`), ``S_0 = C_0``, ``S_l = C_l + C_l^T``, ``A_l = C_l - C_l^T``.
+    Summed in float64.
+
+    ``kernel``: ``(g, *taps, a, b)``. Returns ``(sym, anti)``: ``(g, L, n * n)`` each, in
+    the kernel's dtype.
+    """
+    rank = len(kernel.shape) - 3
+    taps = kernel.shape[1 : 1 + rank]
+    g, a, b = kernel.shape[0], kernel.shape[-2], kernel.shape[-1]
+    k64 = ops.cast(kernel, "float64")
+    axes = "ijklmn"[:rank]
+    spec = f"g{axes}ab,g{axes}ac->gbc" if a >= b else f"g{axes}ab,g{axes}cb->gac"
+    sym, anti = [], []
+    for index, lag in enumerate(lags.astype(int)):
+        # pairs (p, p + lag) (a >= b) or (q + lag, q) (a < b) inside the taps
+        first = tuple(slice(max(0, -d), t - max(0, d)) for d, t in zip(lag, taps))
+        second = tuple(slice(max(0, d), t - max(0, -d)) for d, t in zip(lag, taps))
+        left, right = (first, second) if a >= b else (second, first)
+        c = ops.einsum(spec, k64[(slice(None),) + left], k64[(slice(None),) + right])
+        ct = ops.swapaxes(c, -1, -2)
+        if index == 0:
+            sym.append(0.5 * (c + ct))
+            anti.append(ops.zeros_like(c))
+        else:
+            sym.append(c + ct)
+            anti.append(c - ct)
+    n = min(a, b)
+    return tuple(
+        ops.cast(ops.reshape(ops.stack(part, axis=1), (g, len(lags), n * n)), kernel.dtype)
+        for part in (sym, anti)
+    )
+
+
+def _gram_at(sym, anti, lags, freqs):
+    """``G(w) = X + i Y`` at the frequencies ``freqs``: ``(f, D)`` (shared, a constant
+    table of cosines and sines) or ``(g, f, D)``. Returns ``(g, f, n, n)`` each."""
+    g, _, nn = sym.shape
+    n = math.isqrt(nn)
+    if isinstance(freqs, np.ndarray):  # constant table, one matmul per part
+        phase = freqs @ lags.T
+        cos = ops.convert_to_tensor(np.cos(phase), sym.dtype)
+        sin = ops.convert_to_tensor(np.sin(phase), sym.dtype)
+        x = ops.einsum("fl,glk->gfk", cos, sym)
+        y = ops.einsum("fl,glk->gfk", sin, anti)
+    else:
+        phase = ops.einsum("gfd,ld->gfl", freqs, ops.convert_to_tensor(lags, sym.dtype))
+        x = ops.einsum("gfl,glk->gfk", ops.cos(phase), sym)
+        y = ops.einsum("gfl,glk->gfk", ops.sin(phase), anti)
+    f = x.shape[1]
+    return ops.reshape(x, (g, f, n, n)), ops.reshape(y, (g, f, n, n))
+
+
 def _transfer(flat, positions, freqs):
     """Real and imaginary parts of ``T(w) = sum_p K_p e^{i<w, p>}``: ``(g, f, a, b)`` each.
 
-    ``flat``: ``(g, P, a, b)``; ``positions``: ``(P, D)``; ``freqs``: ``(f, D)`` or
-    ``(g, f, D)``.
+    ``flat``: ``(g, P, a, b)``; ``positions``: ``(P, D)``; ``freqs``: ``(g, f, D)``.
     """
-    phase = ops.matmul(freqs, ops.transpose(positions))  # (f, P) or (g, f, P)
+    phase = ops.matmul(freqs, ops.transpose(positions))  # (g, f, P)
     cos, sin = ops.cos(phase), ops.sin(phase)
-    if len(phase.shape) == 2:
-        return ops.einsum("fp,gpab->gfab", cos, flat), ops.einsum("fp,gpab->gfab", sin, flat)
     return ops.einsum("gfp,gpab->gfab", cos, flat), ops.einsum("gfp,gpab->gfab", sin, flat)
 
 
@@ -146,27 +217,39 @@ def _mt(x):
     return ops.swapaxes(x, -1, -2)
 
 
-def _bmm(a, b):
-    """Batched product of small matrices as a broadcast product and a sum: XLA on CPU
-    runs it faster than its batched ``dot`` at these sizes (thousands of 16 x 16)."""
-    return ops.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+def _bmm(a, b, xla: bool):
+    """Batched product of small matrices: under XLA on CPU a broadcast product and a sum
+    (faster than its batched ``dot`` at these sizes, thousands of 16 x 16), else matmul."""
+    if xla:
+        return ops.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+    return ops.matmul(a, b)
 
 
-def _gram(re, im):
-    """``G = X + i Y`` on the small side of ``T = re + i im``: ``T^H T`` or ``T T^H``."""
-    a, b = re.shape[-2], re.shape[-1]
-    if a >= b:
-        x = ops.matmul(_mt(re), re) + ops.matmul(_mt(im), im)
-        y = ops.matmul(_mt(re), im) - ops.matmul(_mt(im), re)
-    else:
-        x = ops.matmul(re, _mt(re)) + ops.matmul(im, _mt(im))
-        y = ops.matmul(im, _mt(re)) - ops.matmul(re, _mt(im))
-    return x, y
+def _hermitian_square(x, y, xla: bool):
+    """``(X + i Y)^2`` for a Hermitian ``X + i Y`` (``X`` symmetric, ``Y`` antisymmetric)
+    with two real products: ``P = X Y`` (so ``Y X = -P^T``) and ``Q = (X + Y)(X - Y)``,
+    ``X^2 - Y^2 = Q + P + P^T`` and ``X Y + Y X = P - P^T``."""
+    p = _bmm(x, y, xla)
+    q = _bmm(x + y, x - y, xla)
+    pt = _mt(p)
+    return q + p + pt, p - pt
 
 
-def _gram_iteration(x, y, iterations: int):
-    """``log`` of an upper bound of ``lambda_max(X + i Y)`` per matrix, and the last
-    normalised iterate (a power of ``G``, dominated by its top eigenvectors)."""
+def _gram_iteration(x, y, iterations: int, xla: bool, shift: bool = False):
+    """``log`` of an upper bound of ``lambda_max(X + i Y)`` per Hermitian matrix, and the
+    last normalised iterate (a power of ``G``, dominated by its top eigenvectors).
+
+    ``shift``: iterate on ``G - s I``: ``lambda_max <= s + ||(G - s I)^(2^t)||_F^(1/2^t)``
+    for every real ``s`` (the right side is ``>= max_i |lambda_i - s|``). With
+    ``s = (tr G - max_i G_ii) / (n - 1)``, about the mean of the other eigenvalues
+    (``max_i G_ii <= lambda_max``), the bound is much tighter when the eigenvalues are
+    close; the iterate is then not used (it may follow another eigenvalue).
+    """
+    n = x.shape[-1]
+    if shift:
+        diagonal = ops.diagonal(x, axis1=-2, axis2=-1)
+        s = (ops.sum(diagonal, axis=-1) - ops.max(diagonal, axis=-1)) / max(n - 1, 1)
+        x = x - s[..., None, None] * ops.eye(n, dtype=x.dtype)
     log_bound = ops.zeros(x.shape[:-2], x.dtype)
     for j in range(iterations + 1):
         sq = ops.sum(ops.square(x), axis=(-2, -1)) + ops.sum(ops.square(y), axis=(-2, -1))
@@ -174,16 +257,16 @@ def _gram_iteration(x, y, iterations: int):
         log_bound = log_bound + ops.log(norm) / (2.0**j)
         x = x / norm[..., None, None]
         y = y / norm[..., None, None]
-        if j < iterations:  # (X + iY)^2 = X^2 - Y^2 + i (XY + YX)
-            x, y = (
-                _bmm(x, x) - _bmm(y, y),
-                _bmm(x, y) + _bmm(y, x),
-            )
+        if j < iterations:
+            x, y = _hermitian_square(x, y, xla)
+    if shift:
+        log_bound = ops.log(ops.maximum(s + ops.exp(log_bound), _TINY))
     return log_bound, x, y
 
 
 def _top_vector_gain(re, im, vx, vy):
-    """``||T v|| / ||v||`` (or ``||T^H v||``, matching `_gram`'s side), differentiable in T.
+    """``||T v|| / ||v||`` (or ``||T^H v||``, matching `_gram_taps`'s side), differentiable
+    in T.
 
     ``re, im``: ``(g, a, b)``; ``vx + i vy``: ``(g, n)`` with ``n`` the small side.
     """
@@ -199,6 +282,19 @@ def _top_vector_gain(re, im, vx, vy):
     return ops.sqrt(ops.maximum(out, _TINY) / ops.maximum(v, _TINY))
 
 
+def _refined(points, index, offsets, rank: int):
+    """The points ``(g, top * m, D)`` of the grids ``offsets`` (``(m, D)``) centred on
+    ``points[index]`` (``points``: ``(f, D)`` shared or ``(g, f, D)``; ``index``: ``(g, top)``)."""
+    if isinstance(points, np.ndarray):
+        centres = ops.take(ops.convert_to_tensor(points, offsets.dtype), index, axis=0)
+    else:
+        g, top = index.shape
+        index = ops.broadcast_to(index[..., None], (g, top, rank))
+        centres = ops.take_along_axis(points, index, axis=1)
+    g, top = index.shape[:2]
+    return ops.reshape(centres[:, :, None, :] + offsets[None, None], (g, -1, rank))
+
+
 def _sup_transfer_norm(kernel):
     """Certified upper bound of ``sup_w ||T(w)||_2`` per group of a ``(g, *taps, a, b)``
     kernel (stride 1), with a gradient (see the module docstring)."""
@@ -206,37 +302,58 @@ def _sup_transfer_norm(kernel):
     taps = tuple(kernel.shape[1 : 1 + rank])
     g, a, b = kernel.shape[0], kernel.shape[-2], kernel.shape[-1]
     dtype = kernel.dtype
+    xla = in_xla_context()
     degrees, sizes = frequency_grid_sizes(taps)
     positions = ops.convert_to_tensor(_tap_positions(taps), dtype)
     flat = ops.reshape(kernel, (g, -1, a, b))
-    const = ops.stop_gradient(flat)
     small = min(a, b)
-    fine_iterations = FINE_ITERATIONS if small > 1 else 0  # a rank-1 Gram is exact
-    coarse_iterations = COARSE_ITERATIONS if small > 1 else 0
+    lags = _lags(taps)
+    sym, anti = _gram_taps(ops.stop_gradient(kernel), lags)
 
+    def iterations(count):
+        return count if small > 1 else 0  # a rank-1 Gram is exact
+
+    levels = LEVELS
+    if small == 1:  # no squaring: a grid RANK_ONE_DENSITY times denser, one refinement
+        sizes = tuple(n * RANK_ONE_DENSITY if n > 1 else 1 for n in sizes)
+        levels = LEVELS[-1:]
     coarse = _coarse_grid(sizes)
-    angle0 = sum(math.pi * d / n for d, n in zip(degrees, sizes))
-    if len(coarse) <= TOP_CELLS or angle0 == 0.0:  # few frequencies: no refinement
-        freqs = ops.broadcast_to(ops.convert_to_tensor(coarse, dtype), (g,) + coarse.shape)
-        re, im = _transfer(const, positions, freqs)
-        log_up, x, y = _gram_iteration(*_gram(re, im), fine_iterations)
-        cap = None
-        angle = angle0
-    else:
-        re, im = _transfer(const, positions, ops.convert_to_tensor(coarse, dtype))
-        log0, _, _ = _gram_iteration(*_gram(re, im), coarse_iterations)
-        values, index = ops.top_k(log0, TOP_CELLS + 1)  # (g, top + 1)
-        cap = 0.5 * values[:, TOP_CELLS] - math.log(math.cos(angle0))  # log sigma bound
-        centres = ops.take(ops.convert_to_tensor(coarse, dtype), index[:, :TOP_CELLS], axis=0)
-        offsets = ops.convert_to_tensor(_fine_offsets(sizes), dtype)
-        freqs = ops.reshape(centres[:, :, None, :] + offsets[None, None], (g, -1, rank))
-        re, im = _transfer(const, positions, freqs)
-        log_up, x, y = _gram_iteration(*_gram(re, im), fine_iterations)
-        angle = sum(math.pi * d / (REFINE * n) for d, n in zip(degrees, sizes))
+    steps = [2.0 * math.pi / n if n > 1 else 0.0 for n in sizes]
+    angle = sum(d * s / 2.0 for d, s in zip(degrees, steps))
+    if angle == 0.0:
+        levels = ()
+    # ranking levels: shifted Gram iteration (tighter caps); the last one: the iterate
+    # gives the gradient's vector
+    counts = [COARSE_ITERATIONS] + [count for _, _, count in levels]
+    if not levels:
+        counts = [LEVELS[-1][2]]
+    points = coarse
+    log_up, x, y = _gram_iteration(
+        *_gram_at(sym, anti, lags, coarse), iterations(counts[0]), xla, shift=bool(levels)
+    )
+    caps = []
+    for level, (top, factor, _) in enumerate(levels):
+        available = log_up.shape[-1]
+        if top < available:  # the cells not refined: bounded by the (top + 1)-th value
+            values, index = ops.top_k(log_up, top + 1)  # (g, top + 1)
+            caps.append(0.5 * values[:, top] - math.log(math.cos(angle)))  # log sigma bound
+            index = index[:, :top]
+        else:  # every cell refined
+            index = ops.broadcast_to(ops.arange(available)[None], (g, available))
+        offsets = ops.convert_to_tensor(_fine_offsets(steps, factor), dtype)
+        points = _refined(points, index, offsets, rank)
+        steps = [s / factor for s in steps]
+        angle /= factor
+        last = level == len(levels) - 1
+        log_up, x, y = _gram_iteration(
+            *_gram_at(sym, anti, lags, points), iterations(counts[level + 1]), xla, not last
+        )
+    if isinstance(points, np.ndarray):
+        points = ops.broadcast_to(ops.convert_to_tensor(points, dtype), (g,) + points.shape)
     log_sigma = 0.5 * log_up - math.log(math.cos(angle))  # (g, f)
     best = ops.argmax(log_sigma, axis=-1)  # (g,)
     bound = ops.max(log_sigma, axis=-1)
-    if cap is not None:
+    for cap in caps:
         bound = ops.maximum(bound, cap)
     bound = ops.exp(bound) * (1.0 + ROUNDING_SAFETY)
 
@@ -248,7 +365,7 @@ def _sup_transfer_norm(kernel):
     col_pick = ops.one_hot(col, small, dtype=dtype)
     vx = ops.stop_gradient(ops.einsum("gij,gj->gi", x_best, col_pick))
     vy = ops.stop_gradient(ops.einsum("gij,gj->gi", y_best, col_pick))
-    w_best = ops.einsum("gf,gfd->gd", pick, ops.stop_gradient(freqs))
+    w_best = ops.einsum("gf,gfd->gd", pick, ops.stop_gradient(points))
     re_b, im_b = _transfer(flat, positions, w_best[:, None, :])
     gain = _top_vector_gain(re_b[:, 0], im_b[:, 0], vx, vy)
     bound = ops.stop_gradient(bound)

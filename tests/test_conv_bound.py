@@ -10,6 +10,8 @@ normalised by it (``conv_bound="frequency"``, the default).
   at 32 x 32 for random kernels (exact for circular, a power-iteration lower bound of the
   exact norm for zero padding);
 * gradients are finite under XLA for orthogonal, rank-1 and zero kernels;
+* tight: within 0.3 % of the sup (max over a 256 x 256 grid) for random kernels, 0.5 %
+  for an orthogonal one (flat spectrum); XLA computes the same bound;
 * config round trip; configs without the key load with the coverage factor.
 """
 
@@ -229,3 +231,36 @@ def test_frequency_bound_is_tighter_than_coverage():
         layer = _random_layer(SpectralConv2D(4, 3, conv_bound=bound), (8, 8, 3), seed=7)
         ratios[bound] = _exact_norm(layer, (8, 8, 3))
     assert ratios["coverage"] < ratios["frequency"] <= 1 + TOL
+
+
+def _grid_max(kernel, n=256) -> float:
+    """``max ||T(w)||_2`` over an ``n x n`` grid (float64): a lower bound of the sup."""
+    kh, kw = kernel.shape[:2]
+    w = 2 * np.pi * np.arange(n) / n
+    e1 = np.exp(1j * np.outer(w, np.arange(kh)))
+    e2 = np.exp(1j * np.outer(w, np.arange(kw)))
+    transfer = np.einsum("ap,bq,pqio->abio", e1, e2, kernel.astype(np.float64))
+    return float(np.linalg.svd(transfer.reshape(n * n, *kernel.shape[2:]), compute_uv=False).max())
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 8, 16), (3, 3, 16, 8), (3, 3, 1, 16), (5, 5, 3, 4)])
+def test_bound_is_tight_and_equal_under_xla(shape):
+    """Sound and within 0.3 % of the sup for random kernels; XLA computes the same bound
+    (its batched products are broadcast sums, matmuls without XLA)."""
+    kernel = np.random.default_rng(sum(shape)).standard_normal(shape).astype("float32")
+    bound = float(conv_frequency_bound(kernel))
+    xla = float(tf.function(conv_frequency_bound, jit_compile=True)(tf.constant(kernel)))
+    peak = _grid_max(kernel)
+    assert peak <= bound * (1 + TOL) and bound <= 1.003 * peak, (bound, peak)
+    assert abs(xla - bound) <= 1e-5 * bound
+
+
+def test_bound_is_tight_on_a_flat_spectrum():
+    """An orthogonal kernel (flat ``||T(w)||``, as after training): the refinement levels
+    keep the bound within 0.5 % of the sup (0.94 % before them; the 24-per-degree grid's
+    correction alone is 3.5 %)."""
+    q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((144, 32)))
+    kernel = q.reshape(3, 3, 16, 32).astype("float32")
+    bound = float(conv_frequency_bound(kernel))
+    peak = _grid_max(kernel)
+    assert peak <= bound * (1 + TOL) and bound <= 1.005 * peak, (bound, peak)
