@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 import weakref
 
@@ -18,6 +19,8 @@ __all__ = [
     "eager_value",
     "executing_eagerly",
     "in_xla_context",
+    "xla_island",
+    "xla_island_with_gradient",
     "is_dataset",
     "num_replicas_in_sync",
     "value_and_input_gradient",
@@ -36,6 +39,88 @@ def in_xla_context() -> bool:
     from tensorflow.python.ops import control_flow_util
 
     return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
+
+
+#: ``DEEL_LIP_XLA_ISLANDS=0`` in the environment turns `xla_island` off (plain TF kernels).
+XLA_ISLANDS_ENV = "DEEL_LIP_XLA_ISLANDS"
+
+
+def _islands_enabled() -> bool:
+    if os.environ.get(XLA_ISLANDS_ENV, "1") == "0":
+        return False
+    from tensorflow.python.framework.config import is_op_determinism_enabled
+
+    if is_op_determinism_enabled():  # not every op has a deterministic XLA kernel
+        return False
+    return tf.distribute.get_strategy().num_replicas_in_sync == 1
+
+
+def xla_island(fn):
+    """``fn`` compiled by XLA as one cluster when its caller is a graph XLA does not compile.
+
+    Keras runs ``compile(jit_compile="auto")`` without XLA on CPU-only machines, where
+    TensorFlow's own kernels for chains of small elementwise ops (the sort networks of
+    `GroupSort`, the L2-norm pooling, the normalisation iterations) are several times
+    slower than XLA's fused ones, while its convolutions and matmuls (oneDNN) are faster.
+    An island gives each its best executor: ``fn`` becomes a ``tf.function(jit_compile=
+    True)`` called from the plain graph (its gradient is compiled likewise). Eager calls
+    (no compilation per shape for one-off calls), callers already compiled by XLA, op
+    determinism, multi-replica strategies and ``DEEL_LIP_XLA_ISLANDS=0`` run ``fn`` as
+    is. ``fn`` takes and returns tensors (Python values belong in its closure); the
+    result is the same function, computed by another executor.
+    """
+    compiled = tf.function(fn, jit_compile=True, autograph=False)
+
+    def run(*args):
+        if tf.executing_eagerly() or in_xla_context() or not _islands_enabled():
+            return fn(*args)
+        return compiled(*args)
+
+    run.__doc__ = fn.__doc__
+    run.__name__ = getattr(fn, "__name__", "xla_island")
+    return run
+
+
+def xla_island_with_gradient(fn):
+    """`xla_island` for a ``fn(x, *constants) -> (y, *others)`` differentiated in ``x``
+    through ``y`` only, whose body XLA must differentiate too.
+
+    The gradient of a ``tf.function(jit_compile=True)`` containing a while loop (Bjorck,
+    power iteration) cannot be taken from a plain graph (TensorFlow: "TensorList crossing
+    the XLA/TF boundary"). Here the forward pass is one XLA cluster and the vector-Jacobian
+    product another, which recomputes the forward pass inside it (``tf.custom_gradient``):
+    ``others`` (e.g. a power-iteration vector) get no gradient. Called eagerly, from
+    XLA-compiled code, or with islands off, ``fn`` runs as is.
+    """
+    forward = tf.function(fn, jit_compile=True, autograph=False)
+
+    def vjp(x, constants, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x, *constants)[0]
+        return tape.gradient(y, x, output_gradients=upstream)
+
+    backward = tf.function(vjp, jit_compile=True, autograph=False)
+
+    def run(x, *constants):
+        if tf.executing_eagerly() or in_xla_context() or not _islands_enabled():
+            return fn(x, *constants)
+
+        @tf.custom_gradient
+        def island(x):
+            outputs = forward(x, *constants)
+
+            def grad(*upstream):
+                dy = upstream[0]
+                if dy is None:
+                    return tf.zeros_like(x)
+                return backward(x, list(constants), dy)
+
+            return outputs, grad
+
+        return island(x)
+
+    return run
 
 
 def eager_scope():

@@ -18,8 +18,8 @@ constrained kernel), the training/inference split (``training=False`` reads the 
 no normalisation cost), `condense()` (also once at build, so the raw kernel starts at the
 constrained scale: ``condense_on_build``), `vanilla_export()`, `get_config()` plumbing and
 `.keras` save/load of the whole state (those three in the mixin
-`deel_lip.layers.kernel_export.KernelExportAndSaving`), and the refusal of Keras arguments it cannot honour
-(LoRA, quantization).
+`deel_lip.layers.kernel_export.KernelExportAndSaving`), and the refusal of Keras
+arguments it cannot honour (LoRA, quantization).
 
 The cache is kept current by a flag, never by a host round trip: a training call
 refreshes the cache from the weights it sees and raises the flag (the optimizer step that
@@ -43,6 +43,7 @@ from deel_lip._backend import (
     executing_eagerly,
     no_autocast,
     num_replicas_in_sync,
+    xla_island_with_gradient,
 )
 from deel_lip._checks import check_bool
 from deel_lip.layers.contract import (
@@ -286,9 +287,18 @@ class ConstrainedKernel(KernelExportAndSaving, LipschitzLayer, Condensable):
         """
         with no_autocast():
             kernel = ops.convert_to_tensor(self._raw_kernel().value)
-            state = {name: ops.convert_to_tensor(var.value) for name, var in self._state.items()}
-        w_bar, new_state = self._normalize(kernel, state)
-        return w_bar, new_state
+            values = [ops.convert_to_tensor(var.value) for var in self._state.values()]
+        if getattr(self, "_normalize_island", None) is None:
+            self._normalize_island = xla_island_with_gradient(self._normalize_flat)
+        w_bar, *new_values = self._normalize_island(kernel, *values)
+        return w_bar, dict(zip(self._state, new_values))
+
+    def _normalize_flat(self, kernel, *values):
+        """`_normalize` on tensors: ``(kernel, *state values) -> (W_bar, *new values)``,
+        in the order of ``self._state`` (an `xla_island_with_gradient` in graphs that XLA
+        does not compile: the iterations run 3-4x faster on CPU)."""
+        w_bar, new_state = self._normalize(kernel, dict(zip(self._state, values)))
+        return (w_bar, *(new_state[name] for name in self._state))
 
     def _assign(self, w_bar, new_state) -> None:
         self.constrained_kernel.assign(ops.stop_gradient(w_bar))
@@ -301,6 +311,7 @@ class ConstrainedKernel(KernelExportAndSaving, LipschitzLayer, Condensable):
         return w_bar
 
     def _on_lipschitz_change(self) -> None:
+        self._normalize_island = None  # its traces hold the old coefficient
         if self.built:
             with eager_scope():
                 self._refresh()
