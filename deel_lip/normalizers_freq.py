@@ -29,7 +29,7 @@ level nearest to a maximiser is either refined (a point of the next level lies w
 half of its step) or bounded by the ``(top + 1)``-th largest value. Sound whatever the
 kernel; tight when the cells within ``cos_l`` of the peak are refined. Trained kernels
 have flat spectra (``||T(w)||`` within 3.5 % of its peak on about half of the 24-per-degree
-grid), hence the wide first refinement.
+grid), hence the wide first refinements (halving the step: 4 points per 2D cell).
 
 Per-frequency norm: Gram iteration (Delattre, Barthelemy, Araujo, Allauzen, ICML 2023,
 "Efficient bound of Lipschitz constant for convolutional layers by Gram iteration"):
@@ -63,9 +63,9 @@ COARSE_PER_DEGREE = 24
 COARSE_ITERATIONS = 2
 #: Refinement levels after the coarse grid, each ``(cells, factor, iterations)``: the
 #: ``cells`` points of the previous level with the largest bounds are refined by a grid
-#: ``factor`` (odd) times finer, with ``iterations`` Gram iterations on the new points.
-#: The last level gives the fine bound.
-LEVELS = ((160, 3, 3), (32, 3, 3), (8, 3, 10))
+#: ``factor`` times finer, with ``iterations`` Gram iterations on the new points.
+#: The last level gives the fine bound (angle ``2 pi / (24 * 2 * 2 * 2 * 3)`` per degree).
+LEVELS = ((160, 2, 3), (96, 2, 3), (32, 2, 3), (8, 3, 10))
 #: Coarse grid density factor when the Gram matrix is 1 x 1 (its points cost no squaring).
 RANK_ONE_DENSITY = 3
 #: Relative margin for float32 rounding of the Gram matrices and of their squarings
@@ -125,11 +125,11 @@ def _coarse_grid(sizes: Sequence[int]) -> np.ndarray:
 
 
 def _fine_offsets(steps: Sequence[float], factor: int) -> np.ndarray:
-    """Offsets of the grid covering one cell of steps ``steps`` (``factor`` points per
-    refined axis, step ``steps_a / factor``: every point of the cell lies within half a
-    new step of one of them)."""
-    half = (factor - 1) // 2
-    axes = [step * np.arange(-half, half + 1) / factor if step else np.zeros(1) for step in steps]
+    """Offsets of the grid covering one cell of steps ``steps``: ``factor`` points per
+    refined axis at the centres of its ``factor`` sub-cells (step ``steps_a / factor``),
+    so every point of the cell lies within half a new step of one of them."""
+    centres = (np.arange(factor) + 0.5) / factor - 0.5
+    axes = [step * centres if step else np.zeros(1) for step in steps]
     return np.asarray(list(itertools.product(*axes)), np.float64)
 
 
