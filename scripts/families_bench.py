@@ -7,6 +7,8 @@ Builds, all 1-Lipschitz, with `GroupSort2` and `ScaledL2NormPooling2D(2)` as in
 * ``aol``: the same with `AOLConv2D` / `AOLDense`;
 * ``aol+sll``: ``aol`` with an `SLLConv2D` residual block after each convolution stage
   (before the pooling) and an `SLLDense` block after the dense 64;
+* ``spectral-wide``: ``spectral`` with a Dense 128 (as many trainable parameters as
+  ``orthogonal-gnp``: the parameter-matched control);
 * ``orthogonal``: the reference CNN with `OrthogonalConv2D` (BCOP, exactly orthogonal
   kernels) in place of `SpectralConv2D`;
 * ``orthogonal-gnp``: a gradient-norm-preserving network of the same family:
@@ -79,7 +81,7 @@ from deel_lip.robustness import (  # noqa: E402
     minimal_adversarial_l2,
 )
 
-BUILDS = ("spectral", "orthogonal", "orthogonal-gnp", "aol", "aol+sll", "sll-deep")
+BUILDS = ("spectral", "spectral-wide", "orthogonal", "orthogonal-gnp", "aol", "aol+sll", "sll-deep")
 CONVOLUTIONS = {"spectral": SpectralConv2D, "orthogonal": OrthogonalConv2D}
 ATTACKED = 200
 
@@ -112,9 +114,11 @@ def build(name: str) -> Sequential:
         return sll_deep()
     if name == "orthogonal-gnp":
         return orthogonal_gnp()
+    family = name.split("-")[0]
     conv, dense = (
-        (CONVOLUTIONS[name], SpectralDense) if name in CONVOLUTIONS else (AOLConv2D, AOLDense)
+        (CONVOLUTIONS[family], SpectralDense) if family in CONVOLUTIONS else (AOLConv2D, AOLDense)
     )
+    units = 128 if name.endswith("-wide") else 64
     sll = name.endswith("+sll")
     layers = [keras.Input((28, 28, 1))]
     for filters in (16, 32):
@@ -122,7 +126,7 @@ def build(name: str) -> Sequential:
         if sll:
             layers.append(SLLConv2D(3))
         layers.append(ScaledL2NormPooling2D(2))
-    layers += [keras.layers.Flatten(), dense(64), GroupSort2()]
+    layers += [keras.layers.Flatten(), dense(units), GroupSort2()]
     if sll:
         layers.append(SLLDense())
     layers.append(dense(10))
@@ -255,7 +259,21 @@ def main(argv=None) -> int:
         action="store_true",
         help="re-render families.md from families.json (no training)",
     )
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="train only --builds and replace their rows in the saved families.json",
+    )
     args = parser.parse_args(argv)
+    if args.append:  # train --builds, keep the saved rows of the other builds
+        saved = json.loads((args.output_dir / "families.json").read_text())
+        images, labels = load_mnist()
+        x_train, y_train, x_test, y_test = train_test_split(images, labels, N_TEST, seed=0)
+        data = (x_train[:N_TRAIN], y_train[:N_TRAIN], x_test, y_test)
+        new = [run_one(b, data, seed, args.epochs) for seed in args.seeds for b in args.builds]
+        saved["rows"] = [r for r in saved["rows"] if r["build"] not in args.builds] + new
+        (args.output_dir / "families.json").write_text(json.dumps(saved, indent=2) + "\n")
+        args.markdown_only = True
     if args.markdown_only:
         saved = json.loads((args.output_dir / "families.json").read_text())
         for row in saved["rows"]:
