@@ -41,8 +41,9 @@ def _markdown(report: dict) -> str:
         f"{report['date']}, with `make bench`.",
         "",
         "Seconds per training epoch (median after a warm-up epoch). *default*: "
-        "`compile()` left at Keras's defaults (`jit_compile='auto'`: no XLA on a CPU-only "
-        "machine); *xla*: `jit_compile=True`. Ratios are over the **fastest** plain Keras "
+        "`compile()` left at Keras's defaults (`jit_compile='auto'`: Keras resolves it to "
+        "no XLA on a CPU-only machine, `deel_lip.model` to XLA); *xla*: `jit_compile=True`. "
+        "Ratios are over the **fastest** plain Keras "
         "baseline (ReLU CNN with average or max pooling, defaults or XLA).",
         "",
         "| model | deel_lip default | deel_lip xla | unconstrained default | plain avg "
