@@ -20,7 +20,6 @@ __all__ = [
     "executing_eagerly",
     "in_xla_context",
     "xla_island",
-    "xla_island_with_gradient",
     "is_dataset",
     "num_replicas_in_sync",
     "value_and_input_gradient",
@@ -78,48 +77,6 @@ def xla_island(fn):
 
     run.__doc__ = fn.__doc__
     run.__name__ = getattr(fn, "__name__", "xla_island")
-    return run
-
-
-def xla_island_with_gradient(fn):
-    """`xla_island` for a ``fn(x, *constants) -> (y, *others)`` differentiated in ``x``
-    through ``y`` only, whose body XLA must differentiate too.
-
-    The gradient of a ``tf.function(jit_compile=True)`` containing a while loop (Bjorck,
-    power iteration) cannot be taken from a plain graph (TensorFlow: "TensorList crossing
-    the XLA/TF boundary"). Here the forward pass is one XLA cluster and the vector-Jacobian
-    product another, which recomputes the forward pass inside it (``tf.custom_gradient``):
-    ``others`` (e.g. a power-iteration vector) get no gradient. Called eagerly, from
-    XLA-compiled code, or with islands off, ``fn`` runs as is.
-    """
-    forward = tf.function(fn, jit_compile=True, autograph=False)
-
-    def vjp(x, constants, upstream):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = fn(x, *constants)[0]
-        return tape.gradient(y, x, output_gradients=upstream)
-
-    backward = tf.function(vjp, jit_compile=True, autograph=False)
-
-    def run(x, *constants):
-        if tf.executing_eagerly() or in_xla_context() or not _islands_enabled():
-            return fn(x, *constants)
-
-        @tf.custom_gradient
-        def island(x):
-            outputs = forward(x, *constants)
-
-            def grad(*upstream):
-                dy = upstream[0]
-                if dy is None:
-                    return tf.zeros_like(x)
-                return backward(x, list(constants), dy)
-
-            return outputs, grad
-
-        return island(x)
-
     return run
 
 

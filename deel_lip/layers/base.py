@@ -43,7 +43,6 @@ from deel_lip._backend import (
     executing_eagerly,
     no_autocast,
     num_replicas_in_sync,
-    xla_island_with_gradient,
 )
 from deel_lip._checks import check_bool
 from deel_lip.layers.contract import (
@@ -288,17 +287,8 @@ class ConstrainedKernel(KernelExportAndSaving, LipschitzLayer, Condensable):
         with no_autocast():
             kernel = ops.convert_to_tensor(self._raw_kernel().value)
             values = [ops.convert_to_tensor(var.value) for var in self._state.values()]
-        if getattr(self, "_normalize_island", None) is None:
-            self._normalize_island = xla_island_with_gradient(self._normalize_flat)
-        w_bar, *new_values = self._normalize_island(kernel, *values)
-        return w_bar, dict(zip(self._state, new_values))
-
-    def _normalize_flat(self, kernel, *values):
-        """`_normalize` on tensors: ``(kernel, *state values) -> (W_bar, *new values)``,
-        in the order of ``self._state`` (an `xla_island_with_gradient` in graphs that XLA
-        does not compile: the iterations run 3-4x faster on CPU)."""
         w_bar, new_state = self._normalize(kernel, dict(zip(self._state, values)))
-        return (w_bar, *(new_state[name] for name in self._state))
+        return w_bar, new_state
 
     def _assign(self, w_bar, new_state) -> None:
         self.constrained_kernel.assign(ops.stop_gradient(w_bar))
@@ -311,7 +301,6 @@ class ConstrainedKernel(KernelExportAndSaving, LipschitzLayer, Condensable):
         return w_bar
 
     def _on_lipschitz_change(self) -> None:
-        self._normalize_island = None  # its traces hold the old coefficient
         if self.built:
             with eager_scope():
                 self._refresh()
