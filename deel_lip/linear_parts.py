@@ -16,7 +16,13 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["layer_operator_matrix"]
+__all__ = [
+    "layer_operator_matrix",
+    "has_linear_part",
+    "inference_kernel",
+    "linear_function",
+    "sample_shape",
+]
 
 _BASIS_CHUNK = 256
 _CONV_TRANSPOSE = (
@@ -27,7 +33,7 @@ _CONV_TRANSPOSE = (
 _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
 
-def _has_linear_part(layer) -> bool:
+def has_linear_part(layer) -> bool:
     """True for the layers whose kernel-based linear map this module knows: any layer with
     a ``linear_map`` method (the deel_lip layer contract), plain Keras Dense and
     convolutions."""
@@ -36,7 +42,7 @@ def _has_linear_part(layer) -> bool:
     return isinstance(layer, (keras.layers.Dense,) + _CONV + _CONV_TRANSPOSE)
 
 
-def _inference_kernel(layer):
+def inference_kernel(layer):
     """The kernel the layer uses at ``training=False``, read without modifying the layer."""
     current = getattr(layer, "current_constrained_kernel", None)
     if callable(current):
@@ -87,9 +93,9 @@ def _plain_linear(layer) -> Callable:
     return layer.convolution_op
 
 
-def _linear_function(layer_or_fn, dtype: str) -> Callable:
+def linear_function(layer_or_fn, dtype: str) -> Callable:
     """``x -> A x (+ offset)`` computed in ``dtype``."""
-    if isinstance(layer_or_fn, keras.layers.Layer) and _has_linear_part(layer_or_fn):
+    if isinstance(layer_or_fn, keras.layers.Layer) and has_linear_part(layer_or_fn):
         layer = layer_or_fn
         if not layer.built:
             raise ValueError(f"Layer {layer.name!r} must be built to read its linear operator.")
@@ -110,7 +116,7 @@ def _linear_function(layer_or_fn, dtype: str) -> Callable:
     )
 
 
-def _sample_shape(input_shape, argument: str = "input_shape") -> tuple:
+def sample_shape(input_shape, argument: str = "input_shape") -> tuple:
     """Shape of one sample: a leading ``None`` (batch axis) is dropped."""
     if input_shape is None or isinstance(input_shape, (str, bytes)):
         raise ValueError(f"{argument} must be a sequence of ints, received: {input_shape!r}")
@@ -157,8 +163,8 @@ def layer_operator_matrix(
         ValueError: if the layer is not built or ``input_shape`` is not fully known.
         TypeError: if ``layer_or_fn`` is neither a layer nor a callable.
     """
-    fn = _linear_function(layer_or_fn, dtype)
-    shape = _sample_shape(input_shape)
+    fn = linear_function(layer_or_fn, dtype)
+    shape = sample_shape(input_shape)
     n = math.prod(shape)
     offset = ops.convert_to_numpy(fn(ops.zeros((1,) + shape, dtype=dtype)))
     offset = offset.reshape(-1).astype(np.float64)

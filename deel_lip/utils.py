@@ -24,11 +24,11 @@ from keras import ops
 
 from deel_lip import _backend
 from deel_lip.linear_parts import (
-    _has_linear_part,
-    _inference_kernel,
-    _linear_function,
-    _sample_shape,
+    has_linear_part,
+    inference_kernel,
     layer_operator_matrix,
+    linear_function,
+    sample_shape,
 )
 from deel_lip.losses import process_labels_for_multi_gpu  # deel-lip kept it in utils
 
@@ -146,7 +146,7 @@ def _bottom_singular_value(fn, shape, out_shape: tuple) -> float:
 
 
 def _dense_sv(layer) -> tuple[float, float]:
-    kernel = ops.convert_to_numpy(_inference_kernel(layer)).astype(np.float64)
+    kernel = ops.convert_to_numpy(inference_kernel(layer)).astype(np.float64)
     values = np.linalg.svd(kernel.reshape(-1, kernel.shape[-1]), compute_uv=False)
     return float(values.min()), float(values.max())
 
@@ -195,9 +195,9 @@ def compute_layer_sv(
     own_shape = _build_input_shape(layer)
     handler = _find_handler(layer, supplementary_type2sv or {})
     if handler is not None:
-        shape = (None,) + _sample_shape(input_shape) if input_shape is not None else own_shape
+        shape = (None,) + sample_shape(input_shape) if input_shape is not None else own_shape
         return handler(layer, shape)
-    if not _has_linear_part(layer):
+    if not has_linear_part(layer):
         return None, None
     if not layer.built:
         raise ValueError(f"Layer {layer.name!r} must be built before compute_layer_sv().")
@@ -208,8 +208,8 @@ def compute_layer_sv(
             f"input_shape must be given for layer {layer.name!r}, built with input shape "
             f"{own_shape!r}"
         )
-    shape = _sample_shape(input_shape if input_shape is not None else own_shape)
-    fn = _linear_function(layer, "float64")
+    shape = sample_shape(input_shape if input_shape is not None else own_shape)
+    fn = linear_function(layer, "float64")
     in_dim = math.prod(shape)
     out_shape = _output_shape(fn, shape)
     out_dim = math.prod(out_shape)

@@ -260,7 +260,7 @@ def _models():
 def test_measurements_never_modify_the_layer(make_layer, monkeypatch):
     """The raw kernel is random and the cache stale: `condense` or a refresh would show."""
     layer = make_layer()
-    shape = utils._sample_shape(layer._build_shapes_dict["input_shape"])
+    shape = utils.sample_shape(layer._build_shapes_dict["input_shape"])
     model = keras.Sequential([keras.Input(shape), layer])
     before = _snapshot(layer)
     layer_operator_matrix(layer, shape)
