@@ -264,3 +264,45 @@ def test_bound_is_tight_on_a_flat_spectrum():
     bound = float(conv_frequency_bound(kernel))
     peak = _grid_max(kernel)
     assert peak <= bound * (1 + TOL) and bound <= 1.005 * peak, (bound, peak)
+
+
+@pytest.mark.parametrize(
+    "make, rank",
+    [
+        (lambda: SpectralConv2D(16, 3), 2),
+        (lambda: SpectralConv2D(12, (3, 1), padding="valid", k_coef_lip=2.0), 2),
+        (lambda: SpectralConv2D(16, 3, padding="circular"), 2),
+        (lambda: SpectralConv1D(8, 3, padding="causal"), None),
+    ],
+)
+def test_wide_orthogonal_kernels_use_the_exact_coverage_bound(make, rank, monkeypatch):
+    """``kh kw c_in <= c_out``, stride 1, Bjorck: flat spectrum, the coverage bound is the
+    supremum, so the frequency bound is not computed; the layer is sound at every size and
+    uses all of its budget (within Bjorck's residue) on a grid of frequencies."""
+    import deel_lip.layers.convolutional as convolutional
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the frequency bound was computed")
+
+    monkeypatch.setattr(convolutional, "conv_frequency_bound_with_padding", refuse)
+    channels = 1 if rank else 2
+    layer = _random_layer(make(), (8, 8, channels) if rank else (8, channels), seed=3)
+    k = layer.k_coef_lip
+    kernel = ops.convert_to_numpy(layer.constrained_kernel).astype(np.float64)
+    if rank:
+        assert _grid_max(kernel, n=64) >= k * (1 - 1e-4)
+    for n in (3, 4, 6, 9):
+        shape = (n, n + 1, channels) if rank else (n, channels)
+        assert _exact_norm(layer, shape) <= k * (1 + TOL), n
+
+
+def test_narrow_or_strided_kernels_still_compute_the_frequency_bound():
+    """The coverage shortcut is refused where it is not exact."""
+    for layer in (
+        SpectralConv2D(8, 3),  # 9 * 3 rows > 8 columns
+        SpectralConv2D(32, 3, strides=2),  # strided
+        SpectralConv2D(32, 3, padding="reflect"),  # coverage factor > sqrt(9)
+        SpectralConv2D(32, 3, eps_bjorck=None),  # not orthogonalised
+    ):
+        layer.build((None, 8, 8, 3))
+        assert not layer._coverage_is_exact(layer._raw_kernel().shape)

@@ -16,6 +16,8 @@ valid for every input size (`deel_lip.layers._conv_bound`):
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
@@ -126,8 +128,27 @@ class _ConvKernel(ConvBound):
 
     def _frequency_bound(self, kernel):
         padding = getattr(self, "pad_mode", self.padding)
+        if self._coverage_is_exact(kernel.shape):
+            return ops.cast(self._coverage_factor() * self._get_coef(), kernel.dtype)
         return conv_frequency_bound_with_padding(
             kernel, self.kernel_size, self.strides, padding, self._get_coef()
+        )
+
+    def _coverage_is_exact(self, kernel_shape) -> bool:
+        """True when the coverage bound is the supremum itself, so the frequency bound
+        (which the minimum with coverage would discard) need not be computed: Bjorck
+        kernels with orthonormal rows (``kh kw c_in <= c_out``), stride 1, coverage factor
+        ``sqrt(kh kw)``. With ``M M^T = k^2 I`` (``M`` the reshaped kernel, taps ``K_p``),
+        ``T(w) T(w)^H = sum_p K_p K_p^T = kh kw k^2 I`` at every frequency (the cross terms
+        vanish): the supremum is ``k sqrt(kh kw)``, the coverage bound."""
+        rows = math.prod(int(d) for d in kernel_shape[:-1])
+        return (
+            getattr(self, "eps_bjorck", None) is not None
+            and rows <= int(kernel_shape[-1])
+            and all(int(s) == 1 for s in self.strides)
+            and math.isclose(
+                self._coverage_factor(), math.sqrt(math.prod(self.kernel_size)), rel_tol=1e-12
+            )
         )
 
 
