@@ -298,9 +298,12 @@ def main(argv=None) -> int:
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "tightness.md").write_text(markdown(rows, timing, settings))
-    (args.output_dir / "tightness.json").write_text(
-        json.dumps({"rows": rows, "timing": timing, "settings": settings}, indent=2) + "\n"
-    )
+    result = {"rows": rows, "timing": timing, "settings": settings}
+    saved = args.output_dir / "tightness.json"
+    if saved.exists():  # hand-recorded extra runs (e.g. "long_runs") are kept
+        previous = json.loads(saved.read_text())
+        result.update({k: v for k, v in previous.items() if k not in result})
+    saved.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
