@@ -56,7 +56,7 @@ results: install
 xai-results: install
 	$(BIN)/python scripts/xai_claim.py
 
-tightness: install  # docs/results/tightness.{md,json}: conv bounds and raw-kernel scale variants, 2 seeds (~45 min)
+tightness: install  # docs/results/tightness.{md,json}: conv bounds and raw-kernel scale variants, 2 seeds (~15 min)
 	$(BIN)/python scripts/tightness.py --seeds 0 1 --bounds coverage+noinit frequency+noinit frequency frequency+epoch frequency+every10 frequency+lock
 
 families: install  # docs/results/families.{md,json}: spectral vs AOL vs SLL on the reference CNN, 2 seeds (~17 min)
