@@ -42,7 +42,8 @@ def _markdown(report: dict) -> str:
         "",
         "Seconds per training epoch (median after a warm-up epoch). *default*: "
         "`compile()` left at Keras's defaults (`jit_compile='auto'`: Keras resolves it to "
-        "no XLA on a CPU-only machine, `deel_lip.model` to XLA); *xla*: `jit_compile=True`. "
+        "no XLA on a CPU-only machine, for deel_lip models too: their frequency bound and sort "
+        "kernels then run as XLA islands); *xla*: `jit_compile=True`. "
         "Ratios are over the **fastest** plain Keras "
         "baseline (ReLU CNN with average or max pooling, defaults or XLA).",
         "",

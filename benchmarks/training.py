@@ -49,9 +49,9 @@ def lipschitz_loss():
 
 
 #: name -> (builder, loss kind, jit_compile). "auto" is Keras's default, the path a user who
-#: leaves compile() alone gets: plain Keras models resolve it to no XLA on a CPU-only machine
-#: (XLA with a GPU), deel_lip models to XLA whenever every layer supports it. The report
-#: records each build's resolved value.
+#: leaves compile() alone gets: Keras resolves it to no XLA on a CPU-only machine (XLA with
+#: a GPU), for deel_lip models too (their frequency bound and sort kernels then run as XLA
+#: islands). The report records each build's resolved value.
 BUILDS = {
     "deel_lip": (lipschitz_model, "hkr", "auto"),
     "deel_lip_xla": (lipschitz_model, "hkr", True),

@@ -168,57 +168,17 @@ def vanilla_export(model: keras.Model) -> keras.Model:
     return exported
 
 
-def _auto_jit_compile(model) -> bool | str:
-    """deel_lip's resolution of ``jit_compile="auto"``: XLA wherever it can run.
-
-    Keras resolves "auto" to no XLA on CPU-only machines. deel_lip models train faster
-    with XLA on CPU as well (the normalisation loops compile with the step: 1.25 against
-    1.69 s per epoch on the small reference CNN, docs/benchmarks.md), so "auto" means XLA
-    on the TensorFlow backend whenever Keras's other conditions hold: every layer supports
-    it, no ``tf.distribute`` strategy, no op determinism. Other backends keep "auto".
-    """
-    if keras.backend.backend() != "tensorflow":
-        return "auto"
-    import tensorflow as tf
-    from tensorflow.python.framework.config import is_op_determinism_enabled
-
-    if getattr(model, "_distribute_strategy", None) is not None or tf.distribute.has_strategy():
-        return False
-    if is_op_determinism_enabled():  # not every op has a deterministic XLA kernel
-        return False
-    return all(layer.supports_jit for layer in model._flatten_layers())
-
-
-#: Position of ``run_eagerly`` and ``jit_compile`` in `keras.Model.compile`'s arguments.
-_RUN_EAGERLY_POSITION, _JIT_COMPILE_POSITION = 5, 7
-
-
 class _ExportMixin:
-    """`condense()` and `vanilla_export()` methods for the model wrappers, and `compile`
-    resolving ``jit_compile="auto"`` (Keras's default) to XLA when every layer supports it.
+    """`condense()` and `vanilla_export()` methods for the model wrappers.
+
+    ``compile`` is Keras's own: ``jit_compile="auto"`` (the default) means no XLA on a
+    CPU-only machine, where the frequency bound and the sort kernels run as XLA islands
+    (`deel_lip._backend.xla_island`) and the convolutions keep TensorFlow's oneDNN
+    kernels (faster than whole-model XLA on CPU, docs/benchmarks.md), and XLA with a GPU.
     """
-
-    def compile(self, *args, **kwargs):
-        """`keras.Model.compile`, except that ``jit_compile="auto"`` (the default) means XLA.
-
-        On the TensorFlow backend "auto" resolves to ``True`` when every layer supports
-        XLA, outside ``tf.distribute`` strategies and op determinism, on CPU too (Keras
-        itself disables XLA on CPU-only machines; deel_lip models train about 1.35x faster
-        with it, docs/benchmarks.md). An explicit ``jit_compile=True`` or ``False`` is
-        honoured, and ``run_eagerly=True`` still disables XLA.
-        """
-        if len(args) <= _JIT_COMPILE_POSITION and kwargs.get("jit_compile", "auto") == "auto":
-            run_eagerly = (
-                args[_RUN_EAGERLY_POSITION]
-                if len(args) > _RUN_EAGERLY_POSITION
-                else kwargs.get("run_eagerly", False)
-            )
-            if not run_eagerly:
-                kwargs["jit_compile"] = _auto_jit_compile(self)
-        return super().compile(*args, **kwargs)
 
     def compile_from_config(self, config):
-        """Compile a loaded model as saved (Keras skips models that override `compile`)."""
+        """Compile a loaded model as saved, optimizer variables built (ready to load)."""
         self.compile(**keras.saving.deserialize_keras_object(config))
         if hasattr(self, "optimizer") and self.built:
             self.optimizer.build(self.trainable_variables)  # optimizer variables to load

@@ -53,7 +53,7 @@ from collections.abc import Sequence
 import numpy as np
 from keras import ops
 
-from deel_lip._backend import in_xla_context
+from deel_lip._backend import in_xla_context, xla_island
 
 __all__ = ["conv_frequency_bound", "frequency_grid_sizes"]
 
@@ -423,6 +423,19 @@ def conv_frequency_bound(
     strides = _as_tuple(strides, rank)
     if padding == "circular":
         strides = (1,) * rank
+    key = (strides, bool(depthwise))
+    if key not in _BOUND_ISLANDS:
+        _BOUND_ISLANDS[key] = xla_island(lambda k: _stride_bound(k, strides, bool(depthwise)))
+    return _BOUND_ISLANDS[key](kernel)
+
+
+#: `xla_island` of the bound per ``(strides, depthwise)`` (shared by every layer: a graph
+#: that XLA does not compile runs the bound as one XLA cluster, retraced per kernel shape).
+_BOUND_ISLANDS: dict = {}
+
+
+def _stride_bound(kernel, strides: tuple, depthwise: bool):
+    rank = len(strides)
     if depthwise:  # (*k, C, m) -> (C, *k, 1, m)
         perm = [rank] + list(range(rank)) + [rank + 1]
         grouped = ops.expand_dims(ops.transpose(kernel, perm), -2)

@@ -1,8 +1,8 @@
 """XLA islands (`deel_lip._backend.xla_island`): same values and gradients.
 
-In a graph that XLA does not compile (Keras's default on CPU), the sort kernels run as
-XLA-compiled functions. They must compute the same function and gradient as the plain
-kernels (``DEEL_LIP_XLA_ISLANDS=0``).
+In a graph that XLA does not compile (Keras's default on CPU), the sort kernels and the
+convolutions' frequency bound run as XLA-compiled functions. They must compute the same
+function and gradient as the plain kernels (``DEEL_LIP_XLA_ISLANDS=0``).
 """
 
 import numpy as np
@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from deel_lip import _backend
-from deel_lip.layers import GroupSort, GroupSort2
+from deel_lip.layers import GroupSort, GroupSort2, SpectralConv2D, SpectralDepthwiseConv2D
 
 
 def _value_and_grads(layer, x, islands: bool, monkeypatch):
@@ -33,6 +33,10 @@ def _value_and_grads(layer, x, islands: bool, monkeypatch):
     [
         (GroupSort2, (16, 6, 6, 8)),
         (lambda: GroupSort(4), (16, 6, 6, 8)),
+        # kh kw c_in > c_out: the frequency bound is computed (no coverage shortcut)
+        (lambda: SpectralConv2D(8, 3), (4, 10, 10, 6)),
+        (lambda: SpectralConv2D(8, 3, strides=2), (4, 10, 10, 6)),
+        (lambda: SpectralDepthwiseConv2D(3), (4, 10, 10, 3)),
     ],
 )
 def test_island_computes_the_same_function_and_gradient(make, shape, monkeypatch):
