@@ -6,7 +6,8 @@ file checks the properties specific to the parametrisation: the transfer matrix 
 at every frequency (so the circular convolution is orthogonal on every input size), the
 bound holds whatever the Bjorck convergence, `condense` keeps the function, the export is
 a plain Keras layer with the same outputs, `.keras` saving is exact, a network trains on
-real digits with and without XLA, and bad arguments raise.
+real digits (with XLA: slow-marked), XLA gradients equal the plain graph's, and bad
+arguments raise.
 """
 
 import os
@@ -124,7 +125,9 @@ def _network(padding="same"):
     )
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
+# The XLA training run (~75 s) is slow-marked: Keras's default on CPU is no XLA; the XLA
+# gradients are checked against the plain graph's in `test_xla_gradients_equal_plain_ones`.
+@pytest.mark.parametrize("jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_trains_on_digits_and_exports_to_plain_keras(digits, jit_compile, tmp_path):
     images, labels = digits
     keras.utils.set_random_seed(0)
@@ -151,6 +154,24 @@ def test_trains_on_digits_and_exports_to_plain_keras(digits, jit_compile, tmp_pa
     for layer in (model.layers[0], model.layers[3]):
         shape = tuple(layer.input.shape[1:])
         assert _singular_values(layer, shape).max() <= 1 + 1e-6
+
+
+def test_xla_gradients_equal_plain_ones():
+    import tensorflow as tf
+
+    layer = _randomised(OrthogonalConv2D(4, 3, projector_rank=1), (6, 6, 3))
+    x = tf.constant(np.random.default_rng(1).standard_normal((2, 6, 6, 3)), "float32")
+
+    def gradients():
+        with tf.GradientTape() as tape:
+            y = tf.reduce_sum(layer(x, training=True) ** 2)
+        return tape.gradient(y, [layer.orthogonal, *layer.frames])
+
+    plain = tf.function(gradients, jit_compile=False)()
+    xla = tf.function(gradients, jit_compile=True)()
+    for a, b in zip(plain, xla):
+        assert np.all(np.isfinite(b.numpy()))
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_config_round_trip():

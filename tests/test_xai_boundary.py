@@ -163,6 +163,7 @@ def test_library_entry_points_and_label_encodings(otnn):
     np.testing.assert_allclose(np.asarray(e(dataset)), from_ids, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow  # ~80 s; BIG / BSM meet MuFidelity and Deletion in the default run
 def test_every_xplique_metric_accepts_the_explainers(otnn):
     model, x, y = otnn
     x, y = x[:8], y[:8]

@@ -6,9 +6,10 @@ settings. Tables are computed once per module (`evaluate_attributions`, shared f
 and each (method, metric) pair is a test case. ``MeGe`` / ``ReCo`` use a learning
 algorithm that fine-tunes a copy of the trained model on each split (memoised).
 
-By default every method meets the metrics that score explanations, and four methods (one
-per family of quirks: plain gradient, ReLU override, Grad-CAM, black box) meet the metrics
-that call the explainer again; the other 60 pairs are marked slow (``pytest -m slow``).
+By default four methods (one per family of quirks: plain gradient, ReLU override, Grad-CAM,
+black box) meet every metric, and every method is run on both label encodings
+(`test_attributions_shape_and_label_encodings`); the other methods' pairs are marked slow
+(``pytest -m slow``), to keep ``make test`` lean.
 """
 
 import time
@@ -44,19 +45,6 @@ METHOD_KWARGS = {
     "HsicAttributionMethod": {"grid_size": 4, "nb_design": 16},
 }
 
-#: Metrics computed from the explanations alone (cheap).
-EXPLANATION_METRICS = [
-    "Deletion",
-    "Insertion",
-    "MuFidelity",
-    "AverageDropMetric",
-    "AverageIncreaseMetric",
-    "AverageGainMetric",
-    "Sparseness",
-    "Complexity",
-]
-#: Metrics that re-run the explainer (perturbed inputs, labels, models or training splits).
-EXPLAINER_METRICS = [m for m in METRICS if m not in EXPLANATION_METRICS]
 REPRESENTATIVE_METHODS = ["Saliency", "GuidedBackprop", "GradCAM", "Rise"]
 OTHER_METHODS = [m for m in ATTRIBUTION_METHODS if m not in REPRESENTATIVE_METHODS]
 
@@ -132,16 +120,12 @@ def _table(trained, methods, metrics):
 
 @pytest.fixture(scope="module")
 def table(trained):
-    result = _table(trained, ATTRIBUTION_METHODS, EXPLANATION_METRICS)
-    extra = _table(trained, REPRESENTATIVE_METHODS, EXPLAINER_METRICS)
-    for method, row in extra.items():
-        result[method].update(row)
-    return result
+    return _table(trained, REPRESENTATIVE_METHODS, METRICS)
 
 
 @pytest.fixture(scope="module")
 def slow_table(trained):
-    return _table(trained, OTHER_METHODS, EXPLAINER_METRICS)
+    return _table(trained, OTHER_METHODS, METRICS)
 
 
 def _check(value, method, metric):
@@ -149,26 +133,22 @@ def _check(value, method, metric):
     assert np.isfinite(value), f"{method} x {metric} = {value}"
 
 
-@pytest.mark.parametrize(
-    "method, metric",
-    [(m, k) for m in ATTRIBUTION_METHODS for k in EXPLANATION_METRICS]
-    + [(m, k) for m in REPRESENTATIVE_METHODS for k in EXPLAINER_METRICS],
-)
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("method", REPRESENTATIVE_METHODS)
 def test_method_with_metric(table, method, metric):
     _check(table[method][metric], method, metric)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("metric", EXPLAINER_METRICS)
+@pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("method", OTHER_METHODS)
-def test_method_with_explainer_metric_slow(slow_table, method, metric):
+def test_method_with_metric_slow(slow_table, method, metric):
     _check(slow_table[method][metric], method, metric)
 
 
 def test_the_matrix_is_complete():
-    default = {(m, k) for m in ATTRIBUTION_METHODS for k in EXPLANATION_METRICS}
-    default |= {(m, k) for m in REPRESENTATIVE_METHODS for k in EXPLAINER_METRICS}
-    slow = {(m, k) for m in OTHER_METHODS for k in EXPLAINER_METRICS}
+    default = {(m, k) for m in REPRESENTATIVE_METHODS for k in METRICS}
+    slow = {(m, k) for m in OTHER_METHODS for k in METRICS}
     assert default | slow == {(m, k) for m in ATTRIBUTION_METHODS for k in METRICS}
     assert not default & slow
 
