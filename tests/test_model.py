@@ -259,6 +259,10 @@ _MIRRORED_SCRIPT = textwrap.dedent(
 )
 
 
+# ~30-45 s: slow-marked; SpectralConv2D trained across replicas equals one device in
+# test_multiworker.py, and SpectralDense models under MirroredStrategy in
+# test_losses_distributed.py, both in the default run.
+@pytest.mark.slow
 def test_mirrored_strategy_two_cpus_matches_one_device():
     env = dict(os.environ)
     result = subprocess.run(
